@@ -1,0 +1,102 @@
+"""The common input contract every video app accepts, as pydantic models published as JSON Schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, create_model
+
+from kinema.apps.sizing import AspectRatio, Resolution
+from kinema.billing.pricing import Billing
+from kinema.errors import InvalidInput
+
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)]
+
+
+class VideoInput(BaseModel):
+    """Common input: prompt, optional reference image, size, audio and duration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Prompt = Field(description="What to generate; 1 to 4000 characters after trimming.")
+    image: str | None = Field(
+        default=None,
+        description="Reference / first frame: https:// URL or data: URI (the CLI also accepts a local path).",
+    )
+    resolution: Resolution = Field(default="720p", description="Output resolution.")
+    aspect_ratio: AspectRatio | None = Field(
+        default=None, description="16:9 by default, or the image's nearest ratio when an image is given."
+    )
+    generate_audio: StrictBool = Field(
+        default=False, description="Generate a synchronized audio track (AAC) in the same pass."
+    )
+    duration: float = Field(default=5.0, description="Seconds of video.")
+    negative_prompt: OptionalText | None = Field(default=None, description="What to avoid.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**32 - 1, description="Random seed; chosen and reported when omitted."
+    )
+
+
+def input_model_for(
+    name: str, *, default_duration: float, min_duration: float, max_duration: float
+) -> type[VideoInput]:
+    """A VideoInput subclass whose duration default and bounds are the app's own."""
+    duration: Any = (
+        float,
+        Field(
+            default=default_duration,
+            ge=min_duration,
+            le=max_duration,
+            allow_inf_nan=False,
+            description=f"Seconds of video, {min_duration:g} to {max_duration:g}.",
+        ),
+    )
+    return create_model(name, __base__=VideoInput, duration=duration)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """A one-line message naming each bad field."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "input"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{field}: unknown field")
+        else:
+            parts.append(f"{field}: {item['msg']}")
+    return "invalid input: " + "; ".join(parts)
+
+
+def parse_input(model: type[VideoInput], raw: Any) -> VideoInput:
+    """Validate a raw JSON object against an app's input model, raising InvalidInput."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("invalid input: expected a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(format_validation_error(exc), details=exc.errors(include_url=False, include_context=False, include_input=False)) from exc
+
+
+class VideoOutput(BaseModel):
+    """Where the produced MP4 is."""
+
+    video: str = Field(description="URL of the stored MP4 (H.264 + optional AAC).")
+
+
+class OutputMeta(BaseModel):
+    """Facts about the delivered file and run, read from the file itself, never echoed from the input."""
+
+    width: int
+    height: int
+    resolution: str
+    aspect_ratio: str
+    duration: float
+    fps: float
+    frames: int
+    has_audio: bool
+    video_codec: str
+    audio_codec: str | None
+    size_bytes: int
+    seed: int
+    timings: dict[str, float]
+    billing: Billing

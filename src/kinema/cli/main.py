@@ -1,0 +1,267 @@
+"""The `kinema` command: run apps in-process with a progress bar, inspect apps, pull weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kinema.apps.registry import App, get_app, list_apps
+from kinema.engines.base import ProgressEvent
+from kinema.errors import InvalidInput, KinemaError
+from kinema.settings import Settings
+
+app = typer.Typer(help="kinema: text/image to video with synchronized audio, on your own machine.",
+                  no_args_is_help=True, add_completion=False)
+apps_cli = typer.Typer(help="List, inspect and run apps.", no_args_is_help=True)
+models_cli = typer.Typer(help="Manage model weights in the Hugging Face cache.", no_args_is_help=True)
+app.add_typer(apps_cli, name="app")
+app.add_typer(models_cli, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+STAGE_LABELS = {
+    "load": "loading model",
+    "encode_text": "encoding text",
+    "denoise": "denoising",
+    "decode_video": "decoding video",
+    "decode_audio": "decoding audio",
+    "encode": "encoding MP4",
+    "store": "storing",
+}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print a one-line error to stderr and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def lookup(app_id: str) -> App:
+    try:
+        return get_app(app_id)
+    except KinemaError as exc:
+        raise fail(exc.message, 2) from None
+
+
+def parse_input_option(text: str) -> Any:
+    """--input as inline JSON or @path/to/file.json."""
+    source = "--input"
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise fail(f"cannot read input file {path}: {exc.strerror}", 2) from None
+        source = str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2) from None
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers chatter and their own progress bars out of our progress display."""
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+@apps_cli.command("list")
+def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the available apps."""
+    apps = list_apps()
+    if as_json:
+        out.print_json(data=[{"id": a.id, "version": a.version, "title": a.title, "description": a.description}
+                             for a in apps])
+        return
+    table = Table("app", "version", "description")
+    for a in apps:
+        table.add_row(a.id, a.version, a.description)
+    out.print(table)
+
+
+def describe_app(a: App) -> dict[str, Any]:
+    """An app's public description: schema, defaults, pricing, notes, examples."""
+    return {
+        "id": a.id,
+        "version": a.version,
+        "title": a.title,
+        "description": a.description,
+        "fps": a.fps,
+        "notes": list(a.notes),
+        "input_schema": a.input_schema(),
+        "pricing": {"currency": a.pricing.currency, "per_second": {
+            "720p/1080p video": str(a.pricing.video), "720p/1080p video+audio": str(a.pricing.video_audio),
+            "4K video": str(a.pricing.video_4k), "4K video+audio": str(a.pricing.video_4k_audio)}},
+        "examples": list(a.examples),
+        "weights": a.default_weights,
+    }
+
+
+@apps_cli.command("show")
+def app_show(
+    app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show an app's input schema, defaults and pricing."""
+    a = lookup(app_id)
+    info = describe_app(a)
+    if as_json:
+        out.print_json(data=info)
+        return
+    out.print(f"[bold]{a.id}[/] v{a.version} — {a.title}\n{a.description}")
+    for note in a.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    schema = info["input_schema"]
+    required = set(schema.get("required", []))
+    table = Table("field", "type", "default", "description", title="input")
+    for name, prop in schema["properties"].items():
+        kind = prop.get("type") or " | ".join(
+            str(o.get("type") or o.get("enum") or o.get("const")) for o in prop.get("anyOf", []))
+        if "enum" in prop:
+            kind = " | ".join(prop["enum"])
+        default = "required" if name in required else json.dumps(prop.get("default"))
+        table.add_row(name, str(kind), default, prop.get("description", ""))
+    out.print(table)
+    prices = Table("configuration", f"per second ({a.pricing.currency})", title="pricing")
+    for key, value in info["pricing"]["per_second"].items():
+        prices.add_row(key, value)
+    out.print(prices)
+    out.print(f"weights: {a.default_weights}")
+
+
+class StageProgress:
+    """A Rich progress bar that follows the worker's stages and denoising steps."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
+                                 TimeElapsedColumn(), console=err, transient=True, disable=not enabled)
+        self.bar = self.progress.add_task("starting", total=None, steps="")
+
+    def __enter__(self) -> StageProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        label = STAGE_LABELS.get(event.stage, event.stage)
+        if event.total:
+            self.progress.update(self.bar, description=label, total=event.total, completed=event.step or 0,
+                                 steps=f"{event.step}/{event.total}")
+        else:
+            self.progress.update(self.bar, description=label, total=None, steps="")
+
+
+@apps_cli.command("run")
+def app_run(
+    app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
+    input_text: Annotated[str, typer.Option("--input", "-i", help="Input JSON, or @file.json.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the MP4 here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the task as JSON.")] = False,
+) -> None:
+    """Run an app in this process and write the MP4."""
+    from kinema.storage.local import LocalStorage, copy_atomically
+    from kinema.tasks.models import TaskStatus
+    from kinema.tasks.worker import RunContext, prepare_input, run_task
+
+    a = lookup(app_id)
+    raw = parse_input_option(input_text)
+    settings = Settings()
+    try:
+        prepared = prepare_input(a, raw, settings, allow_local_paths=True)
+    except InvalidInput as exc:
+        raise fail(exc.message, 2) from None
+    quiet_libraries()
+    storage = LocalStorage(settings.outputs_dir)
+    try:
+        with StageProgress(enabled=err.is_terminal) as progress:
+            ctx = RunContext(settings=settings, storage=storage, progress=progress, allow_local_paths=True)
+            task = run_task(a, raw, ctx, prepared=prepared)
+    except KeyboardInterrupt:
+        raise fail("interrupted; nothing was written", 130) from None
+    if task.status is not TaskStatus.completed or task.output is None or task.output_meta is None:
+        if as_json:
+            out.print_json(task.model_dump_json())
+        error = task.error.message if task.error else task.status.value
+        raise fail(error, 1)
+    stored_path = storage.path_for(f"{task.id}.mp4")
+    if output is not None:
+        try:
+            copy_atomically(stored_path, output)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}", 1) from None
+    if as_json:
+        out.print_json(task.model_dump_json())
+        return
+    print_result(task, output or stored_path)
+
+
+def print_result(task: Any, path: Path) -> None:
+    meta = task.output_meta
+    out.print(f"[bold green]done[/] {path}")
+    table = Table(show_header=False, box=None)
+    table.add_row("task", task.id)
+    table.add_row("size", f"{meta.width}x{meta.height} ({meta.resolution}, {meta.aspect_ratio})")
+    table.add_row("duration", f"{meta.duration:.3f} s, {meta.frames} frames at {meta.fps:g} fps")
+    table.add_row("audio", f"{meta.audio_codec}" if meta.has_audio else "none")
+    table.add_row("seed", str(meta.seed))
+    table.add_row("cost", f"{meta.billing.cost} {meta.billing.currency} "
+                          f"({meta.billing.billable_seconds} s at {meta.billing.rate_per_second}/s)")
+    table.add_row("timings", ", ".join(f"{k} {v:.2f}s" for k, v in meta.timings.items()))
+    out.print(table)
+
+
+@models_cli.command("pull")
+def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> None:
+    """Download an app's weights into the Hugging Face cache, with progress."""
+    from kinema.engines.loading import download_weights, is_local_source
+    from kinema.tasks.worker import weights_dir
+
+    a = lookup(app_id)
+    settings = Settings()
+    source = settings.model_paths.get(a.id, a.default_weights)
+    if source.startswith("builtin:") or is_local_source(source):
+        path = weights_dir(a, settings)
+        out.print(f"{a.id} needs no download; its weights are at {path}")
+        return
+    size = f" (about {a.approx_download_gb:g} GB)" if a.approx_download_gb else ""
+    err.print(f"downloading {source}{size} into the Hugging Face cache…")
+    try:
+        path = download_weights(source)
+    except KinemaError as exc:
+        raise fail(exc.message) from None
+    out.print(f"{a.id}: weights ready at {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KinemaError as exc:  # anything not already turned into a message
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The one error hierarchy: every failure a user can cause or see is a KinemaError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KinemaError(Exception):
+    """Base error with a stable machine code and the HTTP status it maps to."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body: {"error": {"code", "message", "details"}}."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidInput(KinemaError):
+    """The request itself is wrong: a field, a value, an image."""
+
+    code = "invalid_input"
+    status = 422
+
+
+class InvalidImage(InvalidInput):
+    """The reference image cannot be fetched, decoded or accepted."""
+
+    code = "invalid_image"
+
+
+class ImageTooLarge(InvalidImage):
+    """The image exceeds the byte or pixel limits."""
+
+    code = "image_too_large"
+    status = 413
+
+
+class UnsafeURL(InvalidImage):
+    """A URL points at a loopback, private, link-local or otherwise forbidden address."""
+
+    code = "unsafe_url"
+    status = 400
+
+
+class AppNotFound(KinemaError):
+    code = "app_not_found"
+    status = 404
+
+
+class ModelNotAvailable(KinemaError):
+    """The model's weights are not on this machine (and downloading is not allowed)."""
+
+    code = "model_not_available"
+    status = 503
+
+
+class InsufficientResources(KinemaError):
+    """The device cannot hold the model; raised before loading, not halfway through."""
+
+    code = "insufficient_resources"
+    status = 503
+
+
+class Cancelled(KinemaError):
+    code = "cancelled"
+    status = 409
+
+
+class GenerationFailed(KinemaError):
+    code = "generation_failed"
+    status = 500
+
+
+class StorageError(KinemaError):
+    code = "storage_error"
+    status = 500

@@ -1,0 +1,57 @@
+"""A task: one run of an app, from queued to completed, failed or cancelled."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from kinema.apps.schema import OutputMeta, VideoOutput
+
+
+class TaskStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class TaskProgress(BaseModel):
+    stage: str
+    step: int | None = None
+    total: int | None = None
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+
+
+def new_task_id() -> str:
+    """A short unique task id."""
+    return "tsk_" + uuid.uuid4().hex[:20]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Task(BaseModel):
+    """Everything known about one run; output_meta only when completed."""
+
+    id: str = Field(default_factory=new_task_id)
+    app: str
+    version: str
+    status: TaskStatus = TaskStatus.queued
+    input: dict[str, Any]
+    output: VideoOutput | None = None
+    output_meta: OutputMeta | None = None
+    error: TaskError | None = None
+    progress: TaskProgress | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None

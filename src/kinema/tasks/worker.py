@@ -1,0 +1,188 @@
+"""The worker path: load app -> engine.generate -> encode -> probe -> bill -> store -> complete."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kinema.apps.registry import App
+from kinema.apps.schema import OutputMeta, VideoInput, VideoOutput, parse_input
+from kinema.apps.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
+from kinema.billing.pricing import bill
+from kinema.engines.base import CancelToken, GenerationRequest, ProgressCallback, ProgressEvent, ignore_progress
+from kinema.engines.cache import WARM_MODELS, WarmModels
+from kinema.engines.device import check_fits, choose_placement
+from kinema.engines.loading import resolve_weights
+from kinema.engines.ltx2 import LTX2Engine, load_pipeline
+from kinema.engines.tiny import save_tiny_model
+from kinema.errors import Cancelled, KinemaError
+from kinema.media.encode import EncodeOptions, encode_mp4
+from kinema.media.images import ImageLimits, load_image
+from kinema.media.probe import probe_video
+from kinema.settings import Settings
+from kinema.storage.base import Storage
+from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """What a run needs from its caller: settings, storage, a progress sink and a cancel switch."""
+
+    settings: Settings
+    storage: Storage
+    progress: ProgressCallback = ignore_progress
+    cancel: CancelToken = field(default_factory=CancelToken)
+    allow_local_paths: bool = False
+    warm: WarmModels = WARM_MODELS
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A validated input with its image decoded and its output size settled."""
+
+    input: VideoInput
+    image: Image.Image | None
+    width: int
+    height: int
+    aspect_ratio: str
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    """The image limits configured in settings."""
+    return ImageLimits(
+        max_bytes=settings.image_max_bytes,
+        max_pixels=settings.image_max_pixels,
+        fetch_timeout_s=settings.image_fetch_timeout_s,
+        allow_private_urls=settings.image_allow_private_urls,
+    )
+
+
+def prepare_input(app: App, raw: Any, settings: Settings, *, allow_local_paths: bool) -> PreparedInput:
+    """Validate input and load the image; raises InvalidInput before any model work starts."""
+    validated = parse_input(app.input_model, raw)
+    image = None
+    if validated.image is not None:
+        image = load_image(validated.image, image_limits(settings), allow_local_paths=allow_local_paths)
+    aspect = validated.aspect_ratio or (nearest_aspect_ratio(*image.size) if image is not None else "16:9")
+    width, height = output_size(validated.resolution, aspect)
+    return PreparedInput(input=validated, image=image, width=width, height=height, aspect_ratio=aspect)
+
+
+def weights_dir(app: App, settings: Settings) -> Path:
+    """The local diffusers directory for an app's weights (building the tiny model if needed)."""
+    source = settings.model_paths.get(app.id, app.default_weights)
+    if source == "builtin:tiny":
+        return save_tiny_model(settings.models_dir / "kinema-tiny")
+    return resolve_weights(app.id, source, allow_download=settings.allow_download)
+
+
+def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Engine, bool]:
+    """The app's warm engine, loading it (after checking it fits) only the first time."""
+    model_dir = weights_dir(app, settings)
+    placement = choose_placement(settings)
+    key = f"{app.id}|{model_dir}|{placement.key}|{settings.offload}"
+
+    def loader() -> LTX2Engine:
+        check_fits(app.id, model_dir, placement, settings)
+        pipe = load_pipeline(model_dir, placement, offload=settings.offload, vae_tiling=settings.vae_tiling)
+        return LTX2Engine(pipe, app.sampling, placement)
+
+    warm.capacity = settings.warm_models
+    engine, loaded = warm.get_or_load(key, loader)
+    return engine, loaded
+
+
+def _checked(frames: Iterable[np.ndarray], cancel: CancelToken) -> Iterator[np.ndarray]:
+    for chunk in frames:
+        cancel.raise_if_cancelled()
+        yield chunk
+
+
+def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInput | None = None) -> Task:
+    """Run one task to its end state; bad input raises InvalidInput, every later failure is a failed task."""
+    prepared = prepared or prepare_input(app, raw_input, ctx.settings, allow_local_paths=ctx.allow_local_paths)
+    task = Task(app=app.id, version=app.version, input=prepared.input.model_dump(mode="json", exclude_none=True))
+    task.status, task.started_at = TaskStatus.running, utcnow()
+
+    def report(event: ProgressEvent) -> None:
+        task.progress = TaskProgress(stage=event.stage, step=event.step, total=event.total)
+        ctx.progress(event)
+
+    staging: Path | None = None
+    try:
+        begun = time.perf_counter()
+        report(ProgressEvent("load"))
+        engine, _ = load_engine(app, ctx.settings, ctx.warm)
+        timings = {"load": time.perf_counter() - begun}
+        ctx.cancel.raise_if_cancelled()
+
+        request = GenerationRequest(
+            prompt=prepared.input.prompt,
+            negative_prompt=prepared.input.negative_prompt,
+            image=prepared.image,
+            width=prepared.width,
+            height=prepared.height,
+            frames=plan_frames(prepared.input.duration, app.fps, engine.temporal_multiple),
+            generate_audio=prepared.input.generate_audio,
+            seed=prepared.input.seed if prepared.input.seed is not None else secrets.randbelow(2**32),
+        )
+        clip = engine.generate(request, report, ctx.cancel)
+        timings.update(clip.timings)
+
+        report(ProgressEvent("encode"))
+        started = time.perf_counter()
+        staging = ctx.storage.staging_file(".mp4")
+        settings = ctx.settings
+        encode_mp4(
+            staging, _checked(clip.frames, ctx.cancel), width=clip.width, height=clip.height, fps=clip.fps,
+            audio=clip.audio, sample_rate=clip.sample_rate,
+            options=EncodeOptions(
+                crf=settings.video_crf, preset=settings.video_preset,
+                hardware=settings.hardware_encoder and engine.placement.device.type == "cuda",
+                audio_sample_rate=settings.audio_sample_rate, audio_bitrate=settings.audio_bitrate,
+            ),
+        )
+        timings["encode"] = time.perf_counter() - started
+        ctx.cancel.raise_if_cancelled()
+
+        info = probe_video(staging)
+        resolution, aspect = describe_size(info.width, info.height)
+        billing = bill(app.pricing, resolution=resolution, has_audio=info.has_audio, frames=info.frames,
+                       fps=round(info.fps))
+        report(ProgressEvent("store"))
+        started = time.perf_counter()
+        stored = ctx.storage.put(staging, f"{task.id}.mp4")
+        staging = None
+        timings["store"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - begun
+        task.output = VideoOutput(video=stored.url)
+        task.output_meta = OutputMeta(
+            width=info.width, height=info.height, resolution=resolution, aspect_ratio=aspect,
+            duration=round(info.duration, 6), fps=info.fps, frames=info.frames, has_audio=info.has_audio,
+            video_codec=info.video_codec, audio_codec=info.audio_codec, size_bytes=stored.size_bytes,
+            seed=clip.seed, timings={k: round(v, 4) for k, v in timings.items()}, billing=billing,
+        )
+        task.status = TaskStatus.completed
+    except Cancelled as exc:
+        task.status, task.error = TaskStatus.cancelled, TaskError(code=exc.code, message=exc.message)
+    except KinemaError as exc:
+        task.status, task.error = TaskStatus.failed, TaskError(code=exc.code, message=exc.message)
+    except Exception:
+        log.exception("task %s failed", task.id)
+        task.status = TaskStatus.failed
+        task.error = TaskError(code="internal_error", message="generation failed; see the server log")
+    finally:
+        if staging is not None:
+            ctx.storage.discard(staging)
+        task.completed_at = utcnow()
+    return task
