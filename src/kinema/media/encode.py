@@ -68,10 +68,13 @@ def encode_mp4(
     written = 0
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         video_stream = _add_video_stream(container, width, height, fps, options)
+        audio_frames: list[av.AudioFrame] = []
         audio_stream = None
         if audio is not None:
             audio_stream = container.add_stream("aac", rate=options.audio_sample_rate, layout="stereo")
             audio_stream.bit_rate = options.audio_bitrate
+            audio_frames = _resampled_audio(audio, sample_rate or options.audio_sample_rate, audio_stream.rate)
+        audio_at = 0
         for chunk in frames:
             for rgb in chunk:
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -79,23 +82,32 @@ def encode_mp4(
                 frame.pts = written
                 container.mux(video_stream.encode(frame))
                 written += 1
+                # Interleave: audio up to the video written so far, so players need not seek to the end.
+                until = written / fps * options.audio_sample_rate
+                while audio_at < len(audio_frames) and (audio_frames[audio_at].pts or 0) < until:
+                    container.mux(audio_stream.encode(audio_frames[audio_at]))  # type: ignore[union-attr]
+                    audio_at += 1
         container.mux(video_stream.encode(None))
-        if audio is not None and audio_stream is not None:
-            _encode_audio(container, audio_stream, audio, sample_rate or options.audio_sample_rate)
+        if audio_stream is not None:
+            for frame in audio_frames[audio_at:]:
+                container.mux(audio_stream.encode(frame))
+            container.mux(audio_stream.encode(None))
     return written
 
 
-def _encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray,
-                  sample_rate: int) -> None:
-    """Resample a (channels, n) float waveform to the stream's rate and encode it as AAC."""
+def _resampled_audio(audio: np.ndarray, sample_rate: int, rate: int) -> list[av.AudioFrame]:
+    """A (channels, n) float waveform as 1024-sample stereo frames at the AAC stream's rate."""
     planar = np.ascontiguousarray(_to_stereo(audio).astype(np.float32))
     source = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo")
     source.sample_rate = sample_rate
     source.pts = 0
-    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=stream.rate, frame_size=1024)
-    for frame in [*resampler.resample(source), *resampler.resample(None)]:
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate, frame_size=1024)
+    frames = [*resampler.resample(source), *resampler.resample(None)]
+    position = 0
+    for frame in frames:
+        frame.pts = position
+        position += frame.samples
+    return frames
 
 
 def _to_stereo(audio: np.ndarray) -> np.ndarray:
