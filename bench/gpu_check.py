@@ -35,12 +35,28 @@ STARTED = time.monotonic()  # before the heavy imports, so the deadline counts t
 
 import torch  # noqa: E402
 
+try:
+    import kinema  # noqa: F401
+except ImportError:  # not installed on this machine: use the checkout this script lives in
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 # Distilled LTX-2 schedule, as kinema's LTX-2 Fast app samples it.
 DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)
 GIB = 1024**3
 
+# Where LTX-2.0's real configs differ from the diffusers defaults (diffusers
+# scripts/convert_ltx2_to_diffusers.py, version "2.0"). The VAE's ratios matter: left to the default,
+# spatial_compression_ratio comes out as 64 and enable_tiling() tiles at the wrong latent size.
+REAL_TRANSFORMER: dict[str, Any] = {"rope_type": "split"}
+REAL_VAE: dict[str, Any] = {
+    "decoder_causal": False,
+    "spatial_compression_ratio": 32,
+    "temporal_compression_ratio": 8,
+}
+
 # A narrow LTX-2 transformer for --cpu-smoke: same structure (video + audio streams), tiny widths.
-SMOKE_TRANSFORMER = {
+SMOKE_TRANSFORMER: dict[str, Any] = {
+    **REAL_TRANSFORMER,
     "num_layers": 2,
     "num_attention_heads": 4,
     "attention_head_dim": 16,
@@ -102,7 +118,9 @@ class Check:
                     tmp.write_text(text + "\n")
                     tmp.replace(self.out_dir / "gpu_check.json")
                 except OSError as exc:
-                    print(f"could not write {self.out_dir}/gpu_check.json: {exc}", file=sys.stderr, flush=True)
+                    print(
+                        f"could not write {self.out_dir}/gpu_check.json: {exc}", file=sys.stderr, flush=True
+                    )
             return text
 
     def section(self, name: str, run: Callable[[Check], dict[str, Any]], *, need_s: float) -> None:
@@ -145,15 +163,17 @@ class Check:
             into[name] = {"skipped": f"{left:.0f}s left, needs {need_s:.0f}s"}
             log(f"   {name}: skipped ({left:.0f}s left)")
             return None
+        failed = False
         try:
             value = run()
         except Exception as exc:
-            oom = isinstance(exc, torch.OutOfMemoryError)
+            failed, oom = True, isinstance(exc, torch.OutOfMemoryError)
             into[name] = {"error": _error_text(exc), "oom": oom}
             if not oom:
                 into[name]["traceback"] = traceback.format_exc()[-2000:]
             log(f"   {name}: {'OOM' if oom else 'error'}: {_error_text(exc)[:300]}")
-            free_memory()
+        if failed:
+            free_memory()  # here, not in the handler: the traceback's frames hold the failed step's tensors
             return None
         into[name] = value
         log(f"   {name}: {json.dumps(_round(value), default=str)[:400]}")
@@ -262,7 +282,8 @@ def section_env(check: Check) -> dict[str, Any]:
         )
     check.step(env, "nvenc_available", lambda: nvenc_available())
     check.step(
-        env, "placement_fp8_compile",
+        env,
+        "placement_fp8_compile",
         lambda: choose_placement(Settings(_env_file=None, fp8=True, compile=True)).key,  # type: ignore[call-arg]
     )
     check.step(env, "bf16_matmul_tflops", lambda: matmul_tflops(check.device, 512 if check.smoke else 8192))
@@ -298,8 +319,11 @@ def e2e_cases(smoke: bool) -> list[E2ECase]:
             E2ECase("720p_0.5s_audio_cold", clip, True),
             E2ECase("720p_0.5s_audio_warm", clip, True),
             E2ECase("720p_0.5s_audio_warm_libx264", clip, False),
-            E2ECase("720p_1x1_0.5s", {"resolution": "720p", "aspect_ratio": "1:1", "duration": 0.5, "seed": 2},
-                    True),
+            E2ECase(
+                "720p_1x1_0.5s",
+                {"resolution": "720p", "aspect_ratio": "1:1", "duration": 0.5, "seed": 2},
+                True,
+            ),
         ]
     clip = {"resolution": "720p", "duration": 5.0, "generate_audio": True, "seed": 1}
     return [
@@ -307,7 +331,9 @@ def e2e_cases(smoke: bool) -> list[E2ECase]:
         E2ECase("720p_5s_audio_warm", clip, True),
         E2ECase("720p_5s_audio_warm_libx264", clip, False),
         E2ECase("1080p_2s_noaudio", {"resolution": "1080p", "duration": 2.0, "seed": 3}, True),
-        E2ECase("4K_1s_audio", {"resolution": "4K", "duration": 1.0, "generate_audio": True, "seed": 4}, True),
+        E2ECase(
+            "4K_1s_audio", {"resolution": "4K", "duration": 1.0, "generate_audio": True, "seed": 4}, True
+        ),
     ]
 
 
@@ -334,13 +360,18 @@ def section_tiny_e2e(check: Check) -> dict[str, Any]:
         )
 
     # Built apart from the first run, so that run's "load" is loading only.
-    check.step(out, "build_tiny_model_s",
-               lambda: timed(check.device, lambda: save_tiny_model(settings(True).models_dir / "kinema-tiny"))[0])
+    check.step(
+        out,
+        "build_tiny_model_s",
+        lambda: timed(check.device, lambda: save_tiny_model(settings(True).models_dir / "kinema-tiny"))[0],
+    )
 
     def run_case(case: E2ECase) -> dict[str, Any]:
         reset_peak(check.device)
         ctx = RunContext(settings=settings(case.hardware_encoder), storage=storage, warm=warm)
-        seconds, task = timed(check.device, lambda: run_task(TINY, {"prompt": "gpu check", **case.input}, ctx))
+        seconds, task = timed(
+            check.device, lambda: run_task(TINY, {"prompt": "gpu check", **case.input}, ctx)
+        )
         if task.output_meta is None:
             error = task.error.message if task.error else "no output"
             raise RuntimeError(f"task {task.status}: {error}")
@@ -349,9 +380,16 @@ def section_tiny_e2e(check: Check) -> dict[str, Any]:
         return {
             "wall_s": seconds,
             "encoder": "h264_nvenc" if (case.hardware_encoder and on_cuda and nvenc) else "libx264",
-            "width": meta.width, "height": meta.height, "frames": meta.frames, "fps": meta.fps,
-            "duration": meta.duration, "has_audio": meta.has_audio, "video_codec": meta.video_codec,
-            "audio_codec": meta.audio_codec, "size_bytes": meta.size_bytes, "timings": meta.timings,
+            "width": meta.width,
+            "height": meta.height,
+            "frames": meta.frames,
+            "fps": meta.fps,
+            "duration": meta.duration,
+            "has_audio": meta.has_audio,
+            "video_codec": meta.video_codec,
+            "audio_codec": meta.audio_codec,
+            "size_bytes": meta.size_bytes,
+            "timings": meta.timings,
             "peak_gib": peak_gib(check.device),
         }
 
@@ -395,7 +433,7 @@ def build_transformer(check: Check) -> Any:
     """LTX2VideoTransformer3DModel with random weights, built directly on the device in bf16."""
     from diffusers import LTX2VideoTransformer3DModel
 
-    config = SMOKE_TRANSFORMER if check.smoke else {}  # the defaults are the real 19B LTX-2 sizes
+    config = SMOKE_TRANSFORMER if check.smoke else REAL_TRANSFORMER  # defaults: the real 19B sizes
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -410,16 +448,20 @@ def transformer_inputs(model: Any, shape: Shape, text_len: int, device: torch.de
     """The keyword arguments LTX2Pipeline.__call__ passes the transformer (no CFG, batch 1)."""
     cfg = model.config
     frames, height, width = shape.latent
-    # As the pipeline: audio latents per second = sampling rate / hop / audio VAE temporal ratio (25 for LTX-2).
+    # As the pipeline does: audio latents/s = sampling rate / hop / audio VAE time ratio (25 for LTX-2).
     audio_frames = round(shape.frames / shape.fps * model.audio_rope.audio_latents_per_second)
     dtype = torch.bfloat16
     mask = torch.ones(1, text_len, device=device, dtype=torch.int64)
     return {
         "hidden_states": torch.randn(1, frames * height * width, cfg.in_channels, device=device, dtype=dtype),
-        "audio_hidden_states": torch.randn(1, audio_frames, cfg.audio_in_channels, device=device, dtype=dtype),
+        "audio_hidden_states": torch.randn(
+            1, audio_frames, cfg.audio_in_channels, device=device, dtype=dtype
+        ),
         # LTX-2.0 connectors output caption_channels for both streams; the transformer projects them.
         "encoder_hidden_states": torch.randn(1, text_len, cfg.caption_channels, device=device, dtype=dtype),
-        "audio_encoder_hidden_states": torch.randn(1, text_len, cfg.caption_channels, device=device, dtype=dtype),
+        "audio_encoder_hidden_states": torch.randn(
+            1, text_len, cfg.caption_channels, device=device, dtype=dtype
+        ),
         "encoder_attention_mask": mask,
         "audio_encoder_attention_mask": mask,
         "num_frames": frames,
@@ -447,7 +489,11 @@ def transformer_step(model: Any, inputs: dict[str, Any], sigma: float) -> tuple[
     device = inputs["hidden_states"].device
     timestep = torch.full((1,), sigma * 1000.0, device=device, dtype=torch.float32)
     video, audio = model(
-        **inputs, timestep=timestep, sigma=timestep, use_cross_timestep=True, isolate_modalities=False,
+        **inputs,
+        timestep=timestep,
+        sigma=timestep,
+        use_cross_timestep=True,
+        isolate_modalities=False,
         return_dict=False,
     )
     return video, audio
@@ -455,7 +501,7 @@ def transformer_step(model: Any, inputs: dict[str, Any], sigma: float) -> tuple[
 
 @torch.inference_mode()
 def denoise(model: Any, inputs: dict[str, Any], sigmas: tuple[float, ...]) -> None:
-    """The distilled Euler loop over `sigmas` (velocity prediction), latents kept in fp32 as the pipeline does."""
+    """The distilled Euler loop over `sigmas` (velocity prediction), latents in fp32 as in the pipeline."""
     latents = inputs["hidden_states"].float()
     audio = inputs["audio_hidden_states"].float()
     steps = inputs.copy()
@@ -473,8 +519,9 @@ def param_stats(model: Any) -> dict[str, Any]:
     return {"params": count, "params_billion": count / 1e9, "param_gib": stored / GIB}
 
 
-def time_forwards(check: Check, model: Any, shape: Shape, text_len: int, *, repeats: int,
-                  denoise_steps: bool) -> dict[str, Any]:
+def time_forwards(
+    check: Check, model: Any, shape: Shape, text_len: int, *, repeats: int, denoise_steps: bool
+) -> dict[str, Any]:
     """Warm-up forward, then `repeats` timed forwards (and optionally the 8-step loop) at one shape."""
     device = check.device
     inputs = transformer_inputs(model, shape, text_len, device)
@@ -483,8 +530,12 @@ def time_forwards(check: Check, model: Any, shape: Shape, text_len: int, *, repe
     times = [timed(device, lambda: transformer_step(model, inputs, 0.9))[0] for _ in range(repeats)]
     step_s = sum(times) / len(times)
     result: dict[str, Any] = {
-        **describe_inputs(inputs), "warmup_s": warmup_s, "step_s": step_s, "step_times_s": times,
-        "est_denoise_8_steps_s": 8 * step_s, "peak_gib": peak_gib(device),
+        **describe_inputs(inputs),
+        "warmup_s": warmup_s,
+        "step_s": step_s,
+        "step_times_s": times,
+        "est_denoise_8_steps_s": 8 * step_s,
+        "peak_gib": peak_gib(device),
     }
     if denoise_steps:
         result["denoise_8_steps_s"] = timed(device, lambda: denoise(model, inputs, DISTILLED_SIGMAS))[0]
@@ -495,35 +546,58 @@ def section_real_transformer(check: Check) -> dict[str, Any]:
     """The LTX-2 transformer at real size: init memory, bf16 step and 8-step times, then FP8 storage."""
     device = check.device
     text_len = 64 if check.smoke else 1024
-    out: dict[str, Any] = {"config": "smoke" if check.smoke else "default (real LTX-2 19B)", "text_len": text_len}
+    out: dict[str, Any] = {
+        "config": "smoke" if check.smoke else "default (real LTX-2 19B)",
+        "text_len": text_len,
+    }
     free_memory()
     base = allocated_gib(device)
     seconds, model = timed(device, lambda: build_transformer(check))
-    out.update(param_stats(model), init_s=seconds, allocated_after_init_gib=allocated_gib(device),
-               allocated_before_gib=base)
-    log(f"   transformer built: {out['params_billion']:.2f}B params, {out['param_gib']:.1f} GiB in {seconds:.1f}s")
+    out.update(
+        param_stats(model),
+        init_s=seconds,
+        allocated_after_init_gib=allocated_gib(device),
+        allocated_before_gib=base,
+    )
+    log(
+        f"   transformer built: {out['params_billion']:.2f}B params, "
+        f"{out['param_gib']:.1f} GiB in {seconds:.1f}s"
+    )
     shapes = transformer_shapes(check.smoke)
     need = (10, 25) if not check.smoke else (0, 0)  # the 720p shape takes ~3x the 512p one
     bf16: dict[str, Any] = {}
     out["bf16"] = bf16
     for shape, need_s in zip(shapes, need, strict=True):
-        check.step(bf16, shape.name, lambda shape=shape: time_forwards(
-            check, model, shape, text_len, repeats=1, denoise_steps=True), need_s=need_s)
+        check.step(
+            bf16,
+            shape.name,
+            lambda shape=shape: time_forwards(check, model, shape, text_len, repeats=1, denoise_steps=True),
+            need_s=need_s,
+        )
 
     fp8: dict[str, Any] = {}
     out["fp8"] = fp8
 
     def enable_fp8() -> dict[str, Any]:
-        seconds, _ = timed(device, lambda: model.enable_layerwise_casting(
-            storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16))
+        seconds, _ = timed(
+            device,
+            lambda: model.enable_layerwise_casting(
+                storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16
+            ),
+        )
         free_memory()
         return {"enable_s": seconds, "allocated_gib": allocated_gib(device), **param_stats(model)}
 
     if check.step(fp8, "enable", enable_fp8, need_s=20 if not check.smoke else 0) is not None:
         for shape, need_s in zip(shapes, need, strict=True):
-            check.step(fp8, shape.name, lambda shape=shape: time_forwards(
-                check, model, shape, text_len, repeats=2, denoise_steps=False), need_s=need_s)
-    del model
+            check.step(
+                fp8,
+                shape.name,
+                lambda shape=shape: time_forwards(
+                    check, model, shape, text_len, repeats=2, denoise_steps=False
+                ),
+                need_s=need_s,
+            )
     return out
 
 
@@ -543,7 +617,7 @@ def build_vae(check: Check) -> Any:
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(check.device):
-            vae = AutoencoderKLLTX2Video()
+            vae = AutoencoderKLLTX2Video(**REAL_VAE)
     finally:
         torch.set_default_dtype(previous)
     return vae.eval().requires_grad_(False)
@@ -557,9 +631,12 @@ def section_real_vae_decode(check: Check) -> dict[str, Any]:
     # 1280x736x121 -> 16x23x40 latents; the smoke size still exceeds one 512px tile so tiling really tiles.
     frames, height, width = (3, 20, 24) if check.smoke else Shape(1280, 736, 121).latent
     out: dict[str, Any] = {
-        "config": "tiny app VAE" if check.smoke else "default (real LTX-2)", "init_s": seconds,
-        **param_stats(vae), "latents": [1, channels, frames, height, width],
-        "output_fhw": [(frames - 1) * 8 + 1, height * 32, width * 32], "allocated_gib": allocated_gib(device),
+        "config": "tiny app VAE" if check.smoke else "default (real LTX-2)",
+        "init_s": seconds,
+        **param_stats(vae),
+        "latents": [1, channels, frames, height, width],
+        "output_fhw": [(frames - 1) * 8 + 1, height * 32, width * 32],
+        "allocated_gib": allocated_gib(device),
     }
     latents = torch.randn(1, channels, frames, height, width, device=device, dtype=torch.bfloat16)
 
@@ -569,16 +646,22 @@ def section_real_vae_decode(check: Check) -> dict[str, Any]:
 
     check.step(out, "warmup_small_s", lambda: timed(device, lambda: decode(latents[:, :, :2, :4, :4]))[0])
 
+    expected = [1, 3, *out["output_fhw"]]
+
     def measure() -> dict[str, Any]:
         free_memory()
         reset_peak(device)
         seconds, shape = timed(device, lambda: decode(latents))
-        return {"seconds": seconds, "peak_gib": peak_gib(device), "output_shape": list(shape)}
+        return {
+            "seconds": seconds,
+            "peak_gib": peak_gib(device),
+            "output_shape": list(shape),
+            "shape_ok": list(shape) == expected,
+        }
 
     check.step(out, "untiled", measure, need_s=15 if not check.smoke else 0)
     vae.enable_tiling()
     check.step(out, "tiled", measure, need_s=15 if not check.smoke else 0)
-    del vae, latents
     return out
 
 
@@ -605,15 +688,19 @@ def section_compile(check: Check) -> dict[str, Any]:
         first_s, _ = timed(device, lambda: transformer_step(model, inputs, 1.0))
         timed(device, lambda: transformer_step(model, inputs, 0.95))
         times = [timed(device, lambda: transformer_step(model, inputs, 0.9))[0] for _ in range(3)]
-        return {"first_call_s": first_s, "step_s": sum(times) / len(times), "step_times_s": times,
-                "est_denoise_8_steps_s": 8 * sum(times) / len(times), "peak_gib": peak_gib(device)}
+        return {
+            "first_call_s": first_s,
+            "step_s": sum(times) / len(times),
+            "step_times_s": times,
+            "est_denoise_8_steps_s": 8 * sum(times) / len(times),
+            "peak_gib": peak_gib(device),
+        }
 
     for shape, need_s in zip(shapes, (0, 100) if not check.smoke else (0, 0), strict=True):
         check.step(out, shape.name, lambda shape=shape: measure(shape), need_s=need_s)
     counters = torch._dynamo.utils.counters
     out["graph_breaks"] = sum(counters["graph_break"].values())
     out["unique_graphs"] = counters["stats"].get("unique_graphs", 0)
-    del model
     torch._dynamo.reset()
     return out
 
@@ -622,16 +709,35 @@ def section_compile(check: Check) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-s", type=float, default=400.0,
-                        help="Soft deadline from process start; sections that would not fit are skipped.")
-    parser.add_argument("--hard-limit-s", type=float, default=None,
-                        help="Watchdog: write results and exit at this many seconds (default budget + 15).")
-    parser.add_argument("--cpu-smoke", action="store_true", help="Tiny sizes on the CPU, to check code paths.")
-    parser.add_argument("--smoke-compile", action="store_true",
-                        help="With --cpu-smoke, also run the compile section on the CPU (slow; needs a C++ compiler).")
-    parser.add_argument("--compile-min-s", type=float, default=150.0,
-                        help="Run the compile section only with at least this much budget left.")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=400.0,
+        help="Soft deadline from process start; sections that would not fit are skipped.",
+    )
+    parser.add_argument(
+        "--hard-limit-s",
+        type=float,
+        default=None,
+        help="Watchdog: write results and exit at this many seconds (default budget + 10).",
+    )
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="Tiny sizes on the CPU, to check code paths."
+    )
+    parser.add_argument(
+        "--smoke-compile",
+        action="store_true",
+        help="With --cpu-smoke, also run the compile section on the CPU (slow; needs a C++ compiler).",
+    )
+    parser.add_argument(
+        "--compile-min-s",
+        type=float,
+        default=150.0,
+        help="Run the compile section only with at least this much budget left.",
+    )
     parser.add_argument("--only", default=None, help="Comma-separated section names to run (default: all).")
     return parser.parse_args(argv)
 
@@ -645,7 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers.utils.logging
 
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
     if args.cpu_smoke:
         device = torch.device("cpu")
@@ -654,13 +762,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device("cpu")
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-    check = Check(smoke=args.cpu_smoke, budget_s=args.budget_s, out_dir=out_dir, device=device,
-                  smoke_compile=args.smoke_compile)
+    check = Check(
+        smoke=args.cpu_smoke,
+        budget_s=args.budget_s,
+        out_dir=out_dir,
+        device=device,
+        smoke_compile=args.smoke_compile,
+    )
     check.results["meta"] = {
-        "mode": "cpu-smoke" if args.cpu_smoke else "gpu", "device": str(device), "budget_s": args.budget_s,
-        "argv": sys.argv[1:], "started_unix": time.time() - (time.monotonic() - STARTED),
+        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
+        "device": str(device),
+        "budget_s": args.budget_s,
+        "argv": sys.argv[1:],
+        "started_unix": time.time() - (time.monotonic() - STARTED),
     }
-    start_watchdog(check, args.hard_limit_s if args.hard_limit_s is not None else args.budget_s + 15)
+    start_watchdog(check, args.hard_limit_s if args.hard_limit_s is not None else args.budget_s + 10)
     if device.type == "cpu" and not args.cpu_smoke:
         log("!! no CUDA device: only env runs; use --cpu-smoke for the tiny CPU variant")
 
@@ -670,8 +786,12 @@ def main(argv: list[str] | None = None) -> int:
         ("tiny_e2e", section_tiny_e2e, 30, needs_gpu),
         ("real_transformer", section_real_transformer, 60, needs_gpu),
         ("real_vae_decode", section_real_vae_decode, 30, needs_gpu),
-        ("real_transformer_compile", section_compile, args.compile_min_s if not args.cpu_smoke else 0,
-         needs_gpu and (not args.cpu_smoke or args.smoke_compile)),
+        (
+            "real_transformer_compile",
+            section_compile,
+            args.compile_min_s if not args.cpu_smoke else 0,
+            needs_gpu and (not args.cpu_smoke or args.smoke_compile),
+        ),
     ]
     only = set(args.only.split(",")) if args.only else None
     for name, run, need_s, applies in sections:
@@ -679,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if not applies:
             check.results.setdefault("sections", {})[name] = {
-                "status": "skipped", "reason": "needs CUDA" if not args.cpu_smoke else "CUDA only (--smoke-compile)"
+                "status": "skipped",
+                "reason": "needs CUDA" if not args.cpu_smoke else "CUDA only (--smoke-compile)",
             }
             log(f"== {name}: skipped (needs CUDA)")
             continue

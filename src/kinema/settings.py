@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-app weights: Hugging Face model id or local directory, e.g. {"lightricks/ltx-2-fast": "/models/ltx2"}.',
     )
+    hf_cache_dir: Path | None = Field(
+        default=None, description="Hugging Face cache directory (default: the hub's own, e.g. ~/.cache/huggingface)."
+    )
     allow_download: bool = Field(
         default=False,
         description="Let `app run` download missing weights from the Hugging Face Hub (with progress).",

@@ -39,21 +39,15 @@ def test_real_app_loads_weights_from_a_local_directory_via_from_pretrained(
     assert_mp4(local.outputs_dir / f"{task.id}.mp4", width=1280, height=720, duration=1.0, fps=24, audio=False)
 
 
-def test_missing_hub_weights_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_missing_hub_weights_say_how_to_get_them(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable) as info:
-        resolve_weights(LTX2_FULL.id, "Lightricks/LTX-2", allow_download=False)
+        resolve_weights(LTX2_FULL.id, "Lightricks/LTX-2", allow_download=False, cache_dir=tmp_path / "hub")
     assert "kinema models pull lightricks/ltx-2" in info.value.message
     assert "KINEMA_ALLOW_DOWNLOAD" in info.value.message
 
 
-def test_hub_weights_in_the_cache_resolve_without_network(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_hub_weights_in_the_cache_resolve_without_network(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Lay the tiny model out as the Hugging Face cache does: snapshots/<revision>/ plus refs/main.
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = tmp_path / "hub" / "models--someone--tiny-ltx2"
     revision = "0" * 40
     (repo / "refs").mkdir(parents=True)
@@ -61,7 +55,7 @@ def test_hub_weights_in_the_cache_resolve_without_network(
     import shutil
 
     shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
-    path = resolve_weights("x/y", "someone/tiny-ltx2", allow_download=False)
+    path = resolve_weights("x/y", "someone/tiny-ltx2", allow_download=False, cache_dir=tmp_path / "hub")
     assert (path / "model_index.json").is_file()
 
 

@@ -248,7 +248,7 @@ def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> 
     size = f" (about {a.approx_download_gb:g} GB)" if a.approx_download_gb else ""
     err.print(f"downloading {source}{size} into the Hugging Face cache…")
     try:
-        path = download_weights(source)
+        path = download_weights(source, cache_dir=settings.hf_cache_dir)
     except KinemaError as exc:
         raise fail(exc.message) from None
     out.print(f"{a.id}: weights ready at {path}")

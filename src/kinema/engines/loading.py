@@ -12,7 +12,7 @@ def is_local_source(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
 
 
-def resolve_weights(app_id: str, source: str, *, allow_download: bool) -> Path:
+def resolve_weights(app_id: str, source: str, *, allow_download: bool, cache_dir: Path | None = None) -> Path:
     """The local directory holding a diffusers-format model, downloading only when allowed."""
     if is_local_source(source):
         path = Path(source).expanduser()
@@ -25,7 +25,7 @@ def resolve_weights(app_id: str, source: str, *, allow_download: bool) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(source, local_files_only=True))
+        return Path(snapshot_download(source, local_files_only=True, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
         if not allow_download:
             raise ModelNotAvailable(
@@ -33,14 +33,14 @@ def resolve_weights(app_id: str, source: str, *, allow_download: bool) -> Path:
                 f" `kinema models pull {app_id}`, or set KINEMA_ALLOW_DOWNLOAD=1 to fetch them on first run",
                 details={"model": source},
             ) from exc
-    return download_weights(source)
+    return download_weights(source, cache_dir=cache_dir)
 
 
-def download_weights(source: str) -> Path:
+def download_weights(source: str, *, cache_dir: Path | None = None) -> Path:
     """Download a model into the Hugging Face cache, showing the hub's progress bars."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source))
+        return Path(snapshot_download(source, cache_dir=cache_dir))
     except Exception as exc:  # the hub raises many kinds: network, auth, gated repo
         raise ModelNotAvailable(f"could not download {source}: {exc}", details={"model": source}) from exc

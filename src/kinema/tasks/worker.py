@@ -83,7 +83,9 @@ def weights_dir(app: App, settings: Settings) -> Path:
     source = settings.model_paths.get(app.id, app.default_weights)
     if source == "builtin:tiny":
         return save_tiny_model(settings.models_dir / "kinema-tiny")
-    return resolve_weights(app.id, source, allow_download=settings.allow_download)
+    return resolve_weights(
+        app.id, source, allow_download=settings.allow_download, cache_dir=settings.hf_cache_dir
+    )
 
 
 def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Engine, bool]:
