@@ -28,6 +28,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +397,7 @@ def section_tiny_e2e(check: Check) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     out["runs"] = runs
     for case in e2e_cases(check.smoke):
-        check.step(runs, case.name, lambda case=case: run_case(case), need_s=25 if not check.smoke else 5)
+        check.step(runs, case.name, partial(run_case, case), need_s=25 if not check.smoke else 5)
     warm.clear()
     return out
 
@@ -429,19 +430,24 @@ def transformer_shapes(smoke: bool) -> list[Shape]:
     return [Shape(768, 512, 121), Shape(1280, 736, 121)]
 
 
-def build_transformer(check: Check) -> Any:
-    """LTX2VideoTransformer3DModel with random weights, built directly on the device in bf16."""
-    from diffusers import LTX2VideoTransformer3DModel
-
-    config = SMOKE_TRANSFORMER if check.smoke else REAL_TRANSFORMER  # defaults: the real 19B sizes
+def build_on_device(model_class: Any, config: dict[str, Any], device: torch.device) -> Any:
+    """A diffusers model with random weights, built directly on the device in bf16 (no CPU copy)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device(check.device):
-            model = LTX2VideoTransformer3DModel(**config)
+        with torch.device(device):
+            model = model_class(**config)
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
+
+
+def build_transformer(check: Check) -> Any:
+    """LTX2VideoTransformer3DModel: the real 19B config, or a narrow one for --cpu-smoke."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    config = SMOKE_TRANSFORMER if check.smoke else REAL_TRANSFORMER  # the defaults are the real sizes
+    return build_on_device(LTX2VideoTransformer3DModel, config, check.device)
 
 
 def transformer_inputs(model: Any, shape: Shape, text_len: int, device: torch.device) -> dict[str, Any]:
@@ -571,7 +577,7 @@ def section_real_transformer(check: Check) -> dict[str, Any]:
         check.step(
             bf16,
             shape.name,
-            lambda shape=shape: time_forwards(check, model, shape, text_len, repeats=1, denoise_steps=True),
+            partial(time_forwards, check, model, shape, text_len, repeats=1, denoise_steps=True),
             need_s=need_s,
         )
 
@@ -593,9 +599,7 @@ def section_real_transformer(check: Check) -> dict[str, Any]:
             check.step(
                 fp8,
                 shape.name,
-                lambda shape=shape: time_forwards(
-                    check, model, shape, text_len, repeats=2, denoise_steps=False
-                ),
+                partial(time_forwards, check, model, shape, text_len, repeats=2, denoise_steps=False),
                 need_s=need_s,
             )
     return out
@@ -605,7 +609,7 @@ def section_real_transformer(check: Check) -> dict[str, Any]:
 
 
 def build_vae(check: Check) -> Any:
-    """The video VAE: real default config in bf16 on the device, or the tiny app's VAE for --cpu-smoke."""
+    """The video VAE: the real config in bf16 on the device, or the tiny app's VAE for --cpu-smoke."""
     from diffusers import AutoencoderKLLTX2Video
 
     if check.smoke:
@@ -613,14 +617,7 @@ def build_vae(check: Check) -> Any:
 
         vae = build_tiny_components()["vae"]
         return vae.to(device=check.device, dtype=torch.bfloat16).eval().requires_grad_(False)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(check.device):
-            vae = AutoencoderKLLTX2Video(**REAL_VAE)
-    finally:
-        torch.set_default_dtype(previous)
-    return vae.eval().requires_grad_(False)
+    return build_on_device(AutoencoderKLLTX2Video, REAL_VAE, check.device)
 
 
 def section_real_vae_decode(check: Check) -> dict[str, Any]:
@@ -697,7 +694,7 @@ def section_compile(check: Check) -> dict[str, Any]:
         }
 
     for shape, need_s in zip(shapes, (0, 100) if not check.smoke else (0, 0), strict=True):
-        check.step(out, shape.name, lambda shape=shape: measure(shape), need_s=need_s)
+        check.step(out, shape.name, partial(measure, shape), need_s=need_s)
     counters = torch._dynamo.utils.counters
     out["graph_breaks"] = sum(counters["graph_break"].values())
     out["unique_graphs"] = counters["stats"].get("unique_graphs", 0)

@@ -44,8 +44,9 @@ def warm() -> WarmModels:
 
 @pytest.fixture
 def ctx(settings: Settings, warm: WarmModels) -> RunContext:
-    return RunContext(settings=settings, storage=LocalStorage(settings.outputs_dir), warm=warm,
-                      allow_local_paths=True)
+    return RunContext(
+        settings=settings, storage=LocalStorage(settings.outputs_dir), warm=warm, allow_local_paths=True
+    )
 
 
 @pytest.fixture
@@ -54,8 +55,14 @@ def kinema_env(settings: Settings, tmp_path: Path) -> Iterator[dict[str, str]]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("KINEMA_")}
-    env.update({"KINEMA_DATA_DIR": str(settings.data_dir), "KINEMA_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
-                "COLUMNS": "200"})
+    env.update(
+        {
+            "KINEMA_DATA_DIR": str(settings.data_dir),
+            "KINEMA_DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1",
+            "COLUMNS": "200",
+        }
+    )
     yield env
 
 
@@ -63,8 +70,25 @@ def ffprobe(path: Path) -> dict[str, Any]:
     """ffprobe's JSON for a file: an independent reader, not our own probe code."""
     assert shutil.which("ffprobe"), "ffprobe is required (apt-get install ffmpeg)"
     result = subprocess.run(
-        ["ffprobe", "-v", "error", "-probesize", "200M", "-analyzeduration", "100M", "-print_format", "json", "-show_streams", "-show_format", "-count_frames",
-         str(path)], capture_output=True, text=True, check=True)
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-probesize",
+            "200M",
+            "-analyzeduration",
+            "100M",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+            "-count_frames",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
@@ -72,7 +96,9 @@ def streams(info: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [s for s in info["streams"] if s["codec_type"] == kind]
 
 
-def assert_mp4(path: Path, *, width: int, height: int, duration: float, fps: int, audio: bool) -> dict[str, Any]:
+def assert_mp4(
+    path: Path, *, width: int, height: int, duration: float, fps: int, audio: bool
+) -> dict[str, Any]:
     """Decode the file with ffprobe and check codec, exact size, duration within one frame, audio presence."""
     info = ffprobe(path)
     assert "mp4" in info["format"]["format_name"]

@@ -30,10 +30,12 @@ class Settings(BaseSettings):
     )
     model_paths: dict[str, str] = Field(
         default_factory=dict,
-        description='Per-app weights: Hugging Face model id or local directory, e.g. {"lightricks/ltx-2-fast": "/models/ltx2"}.',
+        description="Per-app weights, a Hugging Face model id or a local directory, e.g. "
+        '{"lightricks/ltx-2-fast": "/models/ltx2"}.',
     )
     hf_cache_dir: Path | None = Field(
-        default=None, description="Hugging Face cache directory (default: the hub's own, e.g. ~/.cache/huggingface)."
+        default=None,
+        description="Hugging Face cache directory (default: the hub's own, e.g. ~/.cache/huggingface).",
     )
     allow_download: bool = Field(
         default=False,
@@ -66,7 +68,9 @@ class Settings(BaseSettings):
     # Image input
     image_max_bytes: int = Field(default=20 * 1024 * 1024, description="Largest reference image accepted.")
     image_max_pixels: int = Field(default=40_000_000, description="Largest decoded image (width*height).")
-    image_fetch_timeout_s: float = Field(default=15.0, description="Total time allowed to fetch an image URL.")
+    image_fetch_timeout_s: float = Field(
+        default=15.0, description="Total time allowed to fetch an image URL."
+    )
     image_allow_private_urls: bool = Field(
         default=False, description="Allow image URLs on loopback/private networks (for tests only)."
     )

@@ -51,8 +51,16 @@ def test_json_schema_publishes_fields_and_bounds() -> None:
     assert schema["required"] == ["prompt"]
     assert schema["additionalProperties"] is False
     assert schema["properties"]["duration"]["maximum"] == 20.0
-    assert set(schema["properties"]) == {"prompt", "image", "resolution", "aspect_ratio", "generate_audio",
-                                         "duration", "negative_prompt", "seed"}
+    assert set(schema["properties"]) == {
+        "prompt",
+        "image",
+        "resolution",
+        "aspect_ratio",
+        "generate_audio",
+        "duration",
+        "negative_prompt",
+        "seed",
+    }
     assert TINY.input_schema()["properties"]["duration"]["minimum"] == 0.1
 
 

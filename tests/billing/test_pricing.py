@@ -10,12 +10,18 @@ from kinema.billing.pricing import PriceTable, bill, billable_seconds, format_mo
 @pytest.mark.parametrize(
     ("resolution", "audio", "seconds", "cost"),
     [
-        ("1080p", True, 5, "1.25"), ("4K", True, 5, "1.75"), ("720p", False, 5, "0.50"),
-        ("1080p", False, 5, "0.50"), ("4K", False, 5, "1.50"), ("720p", True, 8, "2.00"),
+        ("1080p", True, 5, "1.25"),
+        ("4K", True, 5, "1.75"),
+        ("720p", False, 5, "0.50"),
+        ("1080p", False, 5, "0.50"),
+        ("4K", False, 5, "1.50"),
+        ("720p", True, 8, "2.00"),
         ("4K", True, 20, "7.00"),
     ],
 )
-def test_default_table_matches_the_seed_platform(resolution: str, audio: bool, seconds: int, cost: str) -> None:
+def test_default_table_matches_the_seed_platform(
+    resolution: str, audio: bool, seconds: int, cost: str
+) -> None:
     billing = bill(PriceTable(), resolution=resolution, has_audio=audio, frames=seconds * 24, fps=24)
     assert billing.cost == cost
     assert billing.currency == "USD"

@@ -14,16 +14,31 @@ from tests.conftest import assert_mp4
 
 
 def kinema(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kinema.cli.main", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kinema.cli.main", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_app_run_with_audio_writes_the_mp4_and_prints_the_task_json(kinema_env: dict[str, str],
-                                                                    tmp_path: Path) -> None:
+def test_app_run_with_audio_writes_the_mp4_and_prints_the_task_json(
+    kinema_env: dict[str, str], tmp_path: Path
+) -> None:
     target = tmp_path / "clips" / "out.mp4"
-    result = kinema(kinema_env, "app", "run", "kinema/tiny", "--input",
-                    '{"prompt": "A drone shot rising over a foggy forest", "generate_audio": true, "duration": 1}',
-                    "-o", str(target), "--json")
+    result = kinema(
+        kinema_env,
+        "app",
+        "run",
+        "kinema/tiny",
+        "--input",
+        '{"prompt": "A drone shot rising over a foggy forest", "generate_audio": true, "duration": 1}',
+        "-o",
+        str(target),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     task = json.loads(result.stdout)
     assert task["status"] == "completed"
@@ -32,8 +47,12 @@ def test_app_run_with_audio_writes_the_mp4_and_prints_the_task_json(kinema_env: 
     assert task["output"]["video"].startswith("file://")
     meta = task["output_meta"]
     assert (meta["width"], meta["height"], meta["frames"], meta["has_audio"]) == (1280, 720, 24, True)
-    assert meta["billing"] == {"billable_seconds": "1", "rate_per_second": "0.25", "cost": "0.25",
-                               "currency": "USD"}
+    assert meta["billing"] == {
+        "billable_seconds": "1",
+        "rate_per_second": "0.25",
+        "cost": "0.25",
+        "currency": "USD",
+    }
     assert task["error"] is None
     assert_mp4(target, width=1280, height=720, duration=1.0, fps=24, audio=True)
     assert target.read_bytes() == Path(task["output"]["video"].removeprefix("file://")).read_bytes()
@@ -43,10 +62,12 @@ def test_image_to_video_from_a_local_path_and_input_file(kinema_env: dict[str, s
     image = tmp_path / "landscape.jpg"
     Image.new("RGB", (640, 640), (30, 120, 200)).save(image)
     spec = tmp_path / "input.json"
-    spec.write_text(json.dumps({"prompt": "The camera slowly zooms out", "image": "./landscape.jpg",
-                                "duration": 0.5}))
-    result = kinema(kinema_env, "app", "run", "kinema/tiny", "--input", f"@{spec}", "-o", "clip.mp4",
-                    cwd=tmp_path)
+    spec.write_text(
+        json.dumps({"prompt": "The camera slowly zooms out", "image": "./landscape.jpg", "duration": 0.5})
+    )
+    result = kinema(
+        kinema_env, "app", "run", "kinema/tiny", "--input", f"@{spec}", "-o", "clip.mp4", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "720x720 (720p, 1:1)" in result.stdout
     assert "cost" in result.stdout

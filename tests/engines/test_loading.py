@@ -36,7 +36,9 @@ def test_real_app_loads_weights_from_a_local_directory_via_from_pretrained(
     assert warm.loads == 1
     assert task.output_meta is not None
     assert task.output_meta.timings["denoise"] > 0
-    assert_mp4(local.outputs_dir / f"{task.id}.mp4", width=1280, height=720, duration=1.0, fps=24, audio=False)
+    assert_mp4(
+        local.outputs_dir / f"{task.id}.mp4", width=1280, height=720, duration=1.0, fps=24, audio=False
+    )
 
 
 def test_missing_hub_weights_say_how_to_get_them(tmp_path: Path) -> None:
@@ -60,7 +62,7 @@ def test_hub_weights_in_the_cache_resolve_without_network(tmp_path: Path, tiny_m
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotAvailable, match="no model_index.json"):
+    with pytest.raises(ModelNotAvailable, match=r"no model_index\.json"):
         resolve_weights(TINY.id, str(tmp_path), allow_download=False)
 
 
@@ -87,11 +89,14 @@ def test_memory_estimate_reads_safetensors_headers(tiny_model_dir: Path) -> None
     assert required_bytes(sizes16, "model") < required_bytes(sizes16, "none")
 
 
-def test_real_size_model_on_a_small_gpu_gets_a_clear_message(settings: Settings, tiny_model_dir: Path) -> None:
+def test_real_size_model_on_a_small_gpu_gets_a_clear_message(
+    settings: Settings, tiny_model_dir: Path
+) -> None:
     placement = choose_placement(settings)
     with pytest.raises(InsufficientResources, match="needs about"):
-        check_fits("lightricks/ltx-2", tiny_model_dir, placement,
-                   settings.model_copy(update={"max_memory_gb": 1e-6}))
+        check_fits(
+            "lightricks/ltx-2", tiny_model_dir, placement, settings.model_copy(update={"max_memory_gb": 1e-6})
+        )
 
 
 def test_placement_defaults_to_cpu_float32_without_cuda(settings: Settings) -> None:

@@ -27,8 +27,16 @@ def test_audio_track_is_aac_stereo_of_the_same_duration(tmp_path: Path) -> None:
     path = tmp_path / "av.mp4"
     t = np.arange(24000 * 3) / 24000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    encode_mp4(path, _frames(72, 256, 256), width=256, height=256, fps=24, audio=np.stack([tone, tone]),
-               sample_rate=24000, options=EncodeOptions(audio_sample_rate=48000))
+    encode_mp4(
+        path,
+        _frames(72, 256, 256),
+        width=256,
+        height=256,
+        fps=24,
+        audio=np.stack([tone, tone]),
+        sample_rate=24000,
+        options=EncodeOptions(audio_sample_rate=48000),
+    )
     assert_mp4(path, width=256, height=256, duration=3.0, fps=24, audio=True)
     info = probe_video(path)
     assert info.audio_sample_rate == 48000
@@ -37,8 +45,15 @@ def test_audio_track_is_aac_stereo_of_the_same_duration(tmp_path: Path) -> None:
 
 def test_mono_audio_becomes_stereo(tmp_path: Path) -> None:
     path = tmp_path / "mono.mp4"
-    encode_mp4(path, _frames(24, 128, 128), width=128, height=128, fps=24,
-               audio=np.zeros((1, 24000), dtype=np.float32), sample_rate=24000)
+    encode_mp4(
+        path,
+        _frames(24, 128, 128),
+        width=128,
+        height=128,
+        fps=24,
+        audio=np.zeros((1, 24000), dtype=np.float32),
+        sample_rate=24000,
+    )
     assert probe_video(path).audio_channels == 2
 
 
@@ -55,13 +70,20 @@ def test_probe_reads_what_was_written(tmp_path: Path) -> None:
     info = probe_video(path)
     assert (info.width, info.height, info.frames, info.fps) == (160, 96, 30, 30.0)
     assert info.duration == pytest.approx(1.0)
-    assert (info.video_codec, info.profile, info.pix_fmt, info.has_audio) == ("h264", "High", "yuv420p", False)
+    assert (info.video_codec, info.profile, info.pix_fmt, info.has_audio) == (
+        "h264",
+        "High",
+        "yuv420p",
+        False,
+    )
     assert info.size_bytes == path.stat().st_size
 
 
 def test_hardware_request_falls_back_to_x264_without_nvenc(tmp_path: Path) -> None:
     path = tmp_path / "hw.mp4"
-    encode_mp4(path, _frames(8, 128, 128), width=128, height=128, fps=24, options=EncodeOptions(hardware=True))
+    encode_mp4(
+        path, _frames(8, 128, 128), width=128, height=128, fps=24, options=EncodeOptions(hardware=True)
+    )
     assert probe_video(path).video_codec == "h264"
     if not nvenc_available():
         assert probe_video(path).frames == 8

@@ -18,7 +18,9 @@ def _output(ctx: RunContext, task_id: str) -> Path:
     return ctx.settings.outputs_dir / f"{task_id}.mp4"
 
 
-@pytest.mark.parametrize(("aspect", "size"), [("16:9", (1280, 720)), ("9:16", (720, 1280)), ("1:1", (720, 720))])
+@pytest.mark.parametrize(
+    ("aspect", "size"), [("16:9", (1280, 720)), ("9:16", (720, 1280)), ("1:1", (720, 720))]
+)
 def test_every_aspect_ratio_gives_the_exact_size(ctx: RunContext, aspect: str, size: tuple[int, int]) -> None:
     task = run_task(TINY, {"prompt": "aspect", "aspect_ratio": aspect, "duration": 0.5}, ctx)
     assert task.status is TaskStatus.completed, task.error
@@ -48,8 +50,10 @@ def test_run_with_audio_produces_aac_track_and_truthful_meta(ctx: RunContext) ->
 def test_without_audio_no_audio_decode_or_vocoder_work_is_done(ctx: RunContext) -> None:
     engine, _ = load_engine(TINY, ctx.settings, ctx.warm)
     calls: list[str] = []
-    handles = [engine.pipe.vocoder.register_forward_hook(lambda *a: calls.append("vocoder")),
-               engine.pipe.audio_vae.register_forward_pre_hook(lambda *a: calls.append("audio_vae"))]
+    handles = [
+        engine.pipe.vocoder.register_forward_hook(lambda *a: calls.append("vocoder")),
+        engine.pipe.audio_vae.register_forward_pre_hook(lambda *a: calls.append("audio_vae")),
+    ]
     decode = engine.pipe.audio_vae.decode
     engine.pipe.audio_vae.decode = lambda *a, **k: (calls.append("audio_decode"), decode(*a, **k))[1]
     try:
@@ -73,22 +77,27 @@ def test_image_to_video_takes_the_images_aspect_ratio(ctx: RunContext) -> None:
 
 
 def test_explicit_aspect_ratio_wins_over_the_image(ctx: RunContext) -> None:
-    task = run_task(TINY, {"prompt": "x", "image": png_data_uri(300, 520), "aspect_ratio": "1:1",
-                           "duration": 0.25}, ctx)
+    task = run_task(
+        TINY, {"prompt": "x", "image": png_data_uri(300, 520), "aspect_ratio": "1:1", "duration": 0.25}, ctx
+    )
     assert task.status is TaskStatus.completed, task.error
     assert task.output_meta is not None and (task.output_meta.width, task.output_meta.height) == (720, 720)
 
 
 @pytest.mark.slow
 def test_1080p_with_audio(ctx: RunContext) -> None:
-    task = run_task(TINY, {"prompt": "hd", "resolution": "1080p", "generate_audio": True, "duration": 0.5}, ctx)
+    task = run_task(
+        TINY, {"prompt": "hd", "resolution": "1080p", "generate_audio": True, "duration": 0.5}, ctx
+    )
     assert task.status is TaskStatus.completed, task.error
     assert_mp4(_output(ctx, task.id), width=1920, height=1080, duration=0.5, fps=24, audio=True)
 
 
 @pytest.mark.slow
 def test_4k_with_audio_costs_the_4k_rate(ctx: RunContext) -> None:
-    task = run_task(TINY, {"prompt": "uhd", "resolution": "4K", "generate_audio": True, "duration": 0.125}, ctx)
+    task = run_task(
+        TINY, {"prompt": "uhd", "resolution": "4K", "generate_audio": True, "duration": 0.125}, ctx
+    )
     assert task.status is TaskStatus.completed, task.error
     assert_mp4(_output(ctx, task.id), width=3840, height=2160, duration=0.125, fps=24, audio=True)
     assert task.output_meta is not None

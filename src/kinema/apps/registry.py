@@ -69,8 +69,14 @@ LTX2_FULL = App(
     description="LTX-2 full model: 40 steps with classifier-free and spatio-temporal guidance; quality tier.",
     input_model=input_model_for("LTX2Input", default_duration=5.0, min_duration=1.0, max_duration=20.0),
     sampling=LTX2Sampling(
-        num_inference_steps=40, sigmas=None, guidance_scale=4.0, stg_scale=1.0, modality_scale=3.0,
-        guidance_rescale=0.7, audio_guidance_scale=7.0, max_generation_pixels=1920 * 1088,
+        num_inference_steps=40,
+        sigmas=None,
+        guidance_scale=4.0,
+        stg_scale=1.0,
+        modality_scale=3.0,
+        guidance_rescale=0.7,
+        audio_guidance_scale=7.0,
+        max_generation_pixels=1920 * 1088,
     ),
     default_weights="Lightricks/LTX-2",
     examples=_EXAMPLES,
@@ -86,8 +92,10 @@ TINY = App(
     input_model=input_model_for("TinyInput", default_duration=1.0, min_duration=0.1, max_duration=20.0),
     sampling=LTX2Sampling(sigmas=(1.0, 0.725, 0.421875), max_sequence_length=128),
     default_weights="builtin:tiny",
-    notes=("Output is random noise by design: the weights are random. Use it to check the install, not to "
-           "judge quality.",),
+    notes=(
+        "Output is random noise by design: the weights are random. Use it to check the install, not to "
+        "judge quality.",
+    ),
     examples=({"prompt": "smoke test", "duration": 1.0},),
 )
 

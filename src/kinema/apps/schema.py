@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
 from kinema.apps.sizing import AspectRatio, Resolution
 from kinema.billing.pricing import Billing
@@ -74,7 +82,10 @@ def parse_input(model: type[VideoInput], raw: Any) -> VideoInput:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidInput(format_validation_error(exc), details=exc.errors(include_url=False, include_context=False, include_input=False)) from exc
+        raise InvalidInput(
+            format_validation_error(exc),
+            details=exc.errors(include_url=False, include_context=False, include_input=False),
+        ) from exc
 
 
 class VideoOutput(BaseModel):

@@ -18,8 +18,11 @@ from kinema.engines.base import ProgressEvent
 from kinema.errors import InvalidInput, KinemaError
 from kinema.settings import Settings
 
-app = typer.Typer(help="kinema: text/image to video with synchronized audio, on your own machine.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="kinema: text/image to video with synchronized audio, on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 apps_cli = typer.Typer(help="List, inspect and run apps.", no_args_is_help=True)
 models_cli = typer.Typer(help="Manage model weights in the Hugging Face cache.", no_args_is_help=True)
 app.add_typer(apps_cli, name="app")
@@ -65,7 +68,9 @@ def parse_input_option(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise fail(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2) from None
+        raise fail(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2
+        ) from None
 
 
 def quiet_libraries() -> None:
@@ -90,8 +95,12 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     """List the available apps."""
     apps = list_apps()
     if as_json:
-        out.print_json(data=[{"id": a.id, "version": a.version, "title": a.title, "description": a.description}
-                             for a in apps])
+        out.print_json(
+            data=[
+                {"id": a.id, "version": a.version, "title": a.title, "description": a.description}
+                for a in apps
+            ]
+        )
         return
     table = Table("app", "version", "description")
     for a in apps:
@@ -109,9 +118,15 @@ def describe_app(a: App) -> dict[str, Any]:
         "fps": a.fps,
         "notes": list(a.notes),
         "input_schema": a.input_schema(),
-        "pricing": {"currency": a.pricing.currency, "per_second": {
-            "720p/1080p video": str(a.pricing.video), "720p/1080p video+audio": str(a.pricing.video_audio),
-            "4K video": str(a.pricing.video_4k), "4K video+audio": str(a.pricing.video_4k_audio)}},
+        "pricing": {
+            "currency": a.pricing.currency,
+            "per_second": {
+                "720p/1080p video": str(a.pricing.video),
+                "720p/1080p video+audio": str(a.pricing.video_audio),
+                "4K video": str(a.pricing.video_4k),
+                "4K video+audio": str(a.pricing.video_4k_audio),
+            },
+        },
         "examples": list(a.examples),
         "weights": a.default_weights,
     }
@@ -136,7 +151,8 @@ def app_show(
     table = Table("field", "type", "default", "description", title="input")
     for name, prop in schema["properties"].items():
         kind = prop.get("type") or " | ".join(
-            str(o.get("type") or o.get("enum") or o.get("const")) for o in prop.get("anyOf", []))
+            str(o.get("type") or o.get("enum") or o.get("const")) for o in prop.get("anyOf", [])
+        )
         if "enum" in prop:
             kind = " | ".join(prop["enum"])
         default = "required" if name in required else json.dumps(prop.get("default"))
@@ -153,8 +169,15 @@ class StageProgress:
     """A Rich progress bar that follows the worker's stages and denoising steps."""
 
     def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
-                                 TimeElapsedColumn(), console=err, transient=True, disable=not enabled)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[steps]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not enabled,
+        )
         self.bar = self.progress.add_task("starting", total=None, steps="")
 
     def __enter__(self) -> StageProgress:
@@ -167,8 +190,13 @@ class StageProgress:
     def __call__(self, event: ProgressEvent) -> None:
         label = STAGE_LABELS.get(event.stage, event.stage)
         if event.total:
-            self.progress.update(self.bar, description=label, total=event.total, completed=event.step or 0,
-                                 steps=f"{event.step}/{event.total}")
+            self.progress.update(
+                self.bar,
+                description=label,
+                total=event.total,
+                completed=event.step or 0,
+                steps=f"{event.step}/{event.total}",
+            )
         else:
             self.progress.update(self.bar, description=label, total=None, steps="")
 
@@ -226,8 +254,11 @@ def print_result(task: Any, path: Path) -> None:
     table.add_row("duration", f"{meta.duration:.3f} s, {meta.frames} frames at {meta.fps:g} fps")
     table.add_row("audio", f"{meta.audio_codec}" if meta.has_audio else "none")
     table.add_row("seed", str(meta.seed))
-    table.add_row("cost", f"{meta.billing.cost} {meta.billing.currency} "
-                          f"({meta.billing.billable_seconds} s at {meta.billing.rate_per_second}/s)")
+    table.add_row(
+        "cost",
+        f"{meta.billing.cost} {meta.billing.currency} "
+        f"({meta.billing.billable_seconds} s at {meta.billing.rate_per_second}/s)",
+    )
     table.add_row("timings", ", ".join(f"{k} {v:.2f}s" for k, v in meta.timings.items()))
     out.print(table)
 

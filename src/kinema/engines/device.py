@@ -13,8 +13,20 @@ from kinema.errors import InsufficientResources
 from kinema.settings import Settings
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
-                         "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_SAFETENSORS_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 GIB = 1024**3
 
 
@@ -128,7 +140,8 @@ def check_fits(app_id: str, model_dir: Path, placement: Placement, settings: Set
             else "it needs a GPU: install the CUDA build of torch (see README)"
         )
         raise InsufficientResources(
-            f"{app_id} needs about {need / GIB:.1f} GiB on {placement.device.type} in {str(placement.dtype)[6:]}"
+            f"{app_id} needs about {need / GIB:.1f} GiB on {placement.device.type}"
+            f" in {str(placement.dtype).removeprefix('torch.')}"
             f" but only {have / GIB:.1f} GiB is available; {hint}",
             details={"required_bytes": need, "available_bytes": have},
         )

@@ -105,8 +105,10 @@ class LTX2Engine:
         """Encode the prompt, denoise video and audio latents jointly, then decode what was asked for."""
         timings: dict[str, float] = {}
         gen_w, gen_h = generation_size(
-            request.width, request.height,
-            multiple=self.spatial_multiple, max_pixels=self.sampling.max_generation_pixels,
+            request.width,
+            request.height,
+            multiple=self.spatial_multiple,
+            max_pixels=self.sampling.max_generation_pixels,
         )
 
         progress(ProgressEvent("encode_text"))
@@ -137,10 +139,15 @@ class LTX2Engine:
             video, frames=request.frames.frames, width=request.width, height=request.height
         )
         return GeneratedClip(
-            width=request.width, height=request.height, fps=request.frames.fps,
-            frame_count=request.frames.frames, frames=frames, audio=audio,
+            width=request.width,
+            height=request.height,
+            fps=request.frames.fps,
+            frame_count=request.frames.frames,
+            frames=frames,
+            audio=audio,
             sample_rate=self.audio_sample_rate if audio is not None else None,
-            seed=request.seed, timings=timings,
+            seed=request.seed,
+            timings=timings,
         )
 
     @torch.inference_mode()
@@ -230,8 +237,10 @@ class LTX2Engine:
             noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
             scale = self.sampling.decode_noise_scale
             latents = (1 - scale) * latents + scale * noise
-            timestep = torch.tensor([self.sampling.decode_timestep], device=latents.device, dtype=latents.dtype)
-        video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+            timestep = torch.tensor(
+                [self.sampling.decode_timestep], device=latents.device, dtype=latents.dtype
+            )
+        video: torch.Tensor = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
         return video[0]
 
     @torch.inference_mode()
@@ -239,7 +248,8 @@ class LTX2Engine:
         """Audio latents to a (channels, samples) float32 waveform through the audio VAE and vocoder."""
         mel = self.pipe.audio_vae.decode(audio_latents.to(self.pipe.audio_vae.dtype), return_dict=False)[0]
         waveform = self.pipe.vocoder(mel.to(self.pipe.vocoder.dtype))
-        return waveform[0].float().clamp(-1.0, 1.0).cpu().numpy()
+        samples: np.ndarray = waveform[0].float().clamp(-1.0, 1.0).cpu().numpy()
+        return samples
 
 
 def _fit_image(image: Any, width: int, height: int) -> Any:

@@ -46,7 +46,7 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         FlowMatchEulerDiscreteScheduler,
         LTX2VideoTransformer3DModel,
     )
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
@@ -56,13 +56,23 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     text_encoder = Gemma3ForConditionalGeneration(
         Gemma3Config(
             text_config={
-                "vocab_size": len(tokenizer), "hidden_size": text_hidden, "intermediate_size": 64,
-                "num_hidden_layers": text_layers, "num_attention_heads": 2, "num_key_value_heads": 1,
-                "head_dim": 16, "max_position_embeddings": 1024, "sliding_window": 64,
+                "vocab_size": len(tokenizer),
+                "hidden_size": text_hidden,
+                "intermediate_size": 64,
+                "num_hidden_layers": text_layers,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "max_position_embeddings": 1024,
+                "sliding_window": 64,
             },
             vision_config={
-                "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
             },
             mm_tokens_per_image=4,
         )
@@ -70,39 +80,79 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     latent_channels, audio_latent_channels, mel_bins = 8, 4, 16
     audio_tokens = audio_latent_channels * mel_bins // 4  # the audio VAE compresses mel bins 4x
     transformer = LTX2VideoTransformer3DModel(
-        in_channels=latent_channels, out_channels=latent_channels, patch_size=1, patch_size_t=1,
-        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-        audio_in_channels=audio_tokens, audio_out_channels=audio_tokens, audio_num_attention_heads=2,
-        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
-        qk_norm="rms_norm_across_heads", caption_channels=text_hidden, rope_double_precision=False,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        audio_in_channels=audio_tokens,
+        audio_out_channels=audio_tokens,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=2,
+        qk_norm="rms_norm_across_heads",
+        caption_channels=text_hidden,
+        rope_double_precision=False,
         rope_type="split",
     )
     connectors = LTX2TextConnectors(
-        caption_channels=text_hidden, text_proj_in_factor=text_layers + 1,
-        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
-        video_connector_num_layers=1, video_connector_num_learnable_registers=None,
-        audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
-        audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
-        connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
-        causal_temporal_positioning=False, rope_type="split",
+        caption_channels=text_hidden,
+        text_proj_in_factor=text_layers + 1,
+        video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8,
+        video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8,
+        audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32,
+        rope_theta=10000.0,
+        rope_double_precision=False,
+        causal_temporal_positioning=False,
+        rope_type="split",
     )
     # Explicit ratios: the block layout below does 32x / 8x, as the real VAE does.
     vae = AutoencoderKLLTX2Video(
-        latent_channels=latent_channels, block_out_channels=(16, 32, 64, 64),
-        decoder_block_out_channels=(16, 32, 64), layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1), spatial_compression_ratio=32, temporal_compression_ratio=8,
+        latent_channels=latent_channels,
+        block_out_channels=(16, 32, 64, 64),
+        decoder_block_out_channels=(16, 32, 64),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1),
+        spatial_compression_ratio=32,
+        temporal_compression_ratio=8,
     )
     audio_vae = AutoencoderKLLTX2Audio(
-        base_channels=audio_tokens, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1,
-        attn_resolutions=None, in_channels=2, resolution=32, latent_channels=audio_latent_channels,
-        norm_type="pixel", causality_axis="height", dropout=0.0, mid_block_add_attention=False,
-        sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=mel_bins,
+        base_channels=audio_tokens,
+        output_channels=2,
+        ch_mult=(1, 2, 4),
+        num_res_blocks=1,
+        attn_resolutions=None,
+        in_channels=2,
+        resolution=32,
+        latent_channels=audio_latent_channels,
+        norm_type="pixel",
+        causality_axis="height",
+        dropout=0.0,
+        mid_block_add_attention=False,
+        sample_rate=16000,
+        mel_hop_length=160,
+        is_causal=True,
+        mel_bins=mel_bins,
     )
     # 100 mel frames/s upsampled 240x gives the real vocoder's 24 kHz stereo.
     vocoder = LTX2Vocoder(
-        in_channels=2 * mel_bins, hidden_channels=64, out_channels=2,
-        upsample_kernel_sizes=[12, 10, 4, 4, 4], upsample_factors=[6, 5, 2, 2, 2],
-        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1,
+        in_channels=2 * mel_bins,
+        hidden_channels=64,
+        out_channels=2,
+        upsample_kernel_sizes=[12, 10, 4, 4, 4],
+        upsample_factors=[6, 5, 2, 2, 2],
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        leaky_relu_negative_slope=0.1,
         output_sampling_rate=24000,
     )
     return {
@@ -126,7 +176,8 @@ def save_tiny_model(target: Path, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
-        LTX2Pipeline(**build_tiny_components(seed)).save_pretrained(staging)
+        pipeline: Any = LTX2Pipeline(**build_tiny_components(seed))
+        pipeline.save_pretrained(staging)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its copy is identical

@@ -38,8 +38,9 @@ def nvenc_available() -> bool:
     return True
 
 
-def _add_video_stream(container: av.container.OutputContainer, width: int, height: int, fps: int,
-                      options: EncodeOptions) -> av.VideoStream:
+def _add_video_stream(
+    container: av.container.OutputContainer, width: int, height: int, fps: int, options: EncodeOptions
+) -> av.VideoStream:
     if options.hardware and nvenc_available():
         stream = container.add_stream("h264_nvenc", rate=fps)
         stream.options = {"preset": "p4", "rc": "vbr", "cq": str(options.crf + 1), "profile": "high"}
@@ -73,7 +74,9 @@ def encode_mp4(
         if audio is not None:
             audio_stream = container.add_stream("aac", rate=options.audio_sample_rate, layout="stereo")
             audio_stream.bit_rate = options.audio_bitrate
-            audio_frames = _resampled_audio(audio, sample_rate or options.audio_sample_rate, audio_stream.rate)
+            audio_frames = _resampled_audio(
+                audio, sample_rate or options.audio_sample_rate, audio_stream.rate
+            )
         audio_at = 0
         for chunk in frames:
             for rgb in chunk:
@@ -89,8 +92,8 @@ def encode_mp4(
                     audio_at += 1
         container.mux(video_stream.encode(None))
         if audio_stream is not None:
-            for frame in audio_frames[audio_at:]:
-                container.mux(audio_stream.encode(frame))
+            for audio_frame in audio_frames[audio_at:]:
+                container.mux(audio_stream.encode(audio_frame))
             container.mux(audio_stream.encode(None))
     return written
 

@@ -17,7 +17,13 @@ from kinema.apps.registry import App
 from kinema.apps.schema import OutputMeta, VideoInput, VideoOutput, parse_input
 from kinema.apps.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
 from kinema.billing.pricing import bill
-from kinema.engines.base import CancelToken, GenerationRequest, ProgressCallback, ProgressEvent, ignore_progress
+from kinema.engines.base import (
+    CancelToken,
+    GenerationRequest,
+    ProgressCallback,
+    ProgressEvent,
+    ignore_progress,
+)
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.engines.device import check_fits, choose_placement
 from kinema.engines.loading import resolve_weights
@@ -112,8 +118,12 @@ def _checked(frames: Iterable[np.ndarray], cancel: CancelToken) -> Iterator[np.n
 
 def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInput | None = None) -> Task:
     """Run one task to its end state; bad input raises InvalidInput, every later failure is a failed task."""
-    prepared = prepared or prepare_input(app, raw_input, ctx.settings, allow_local_paths=ctx.allow_local_paths)
-    task = Task(app=app.id, version=app.version, input=prepared.input.model_dump(mode="json", exclude_none=True))
+    prepared = prepared or prepare_input(
+        app, raw_input, ctx.settings, allow_local_paths=ctx.allow_local_paths
+    )
+    task = Task(
+        app=app.id, version=app.version, input=prepared.input.model_dump(mode="json", exclude_none=True)
+    )
     task.status, task.started_at = TaskStatus.running, utcnow()
 
     def report(event: ProgressEvent) -> None:
@@ -146,12 +156,19 @@ def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInp
         staging = ctx.storage.staging_file(".mp4")
         settings = ctx.settings
         encode_mp4(
-            staging, _checked(clip.frames, ctx.cancel), width=clip.width, height=clip.height, fps=clip.fps,
-            audio=clip.audio, sample_rate=clip.sample_rate,
+            staging,
+            _checked(clip.frames, ctx.cancel),
+            width=clip.width,
+            height=clip.height,
+            fps=clip.fps,
+            audio=clip.audio,
+            sample_rate=clip.sample_rate,
             options=EncodeOptions(
-                crf=settings.video_crf, preset=settings.video_preset,
+                crf=settings.video_crf,
+                preset=settings.video_preset,
                 hardware=settings.hardware_encoder and engine.placement.device.type == "cuda",
-                audio_sample_rate=settings.audio_sample_rate, audio_bitrate=settings.audio_bitrate,
+                audio_sample_rate=settings.audio_sample_rate,
+                audio_bitrate=settings.audio_bitrate,
             ),
         )
         timings["encode"] = time.perf_counter() - started
@@ -159,8 +176,13 @@ def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInp
 
         info = probe_video(staging)
         resolution, aspect = describe_size(info.width, info.height)
-        billing = bill(app.pricing, resolution=resolution, has_audio=info.has_audio, frames=info.frames,
-                       fps=round(info.fps))
+        billing = bill(
+            app.pricing,
+            resolution=resolution,
+            has_audio=info.has_audio,
+            frames=info.frames,
+            fps=round(info.fps),
+        )
         report(ProgressEvent("store"))
         started = time.perf_counter()
         stored = ctx.storage.put(staging, f"{task.id}.mp4")
@@ -169,10 +191,20 @@ def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInp
         timings["total"] = time.perf_counter() - begun
         task.output = VideoOutput(video=stored.url)
         task.output_meta = OutputMeta(
-            width=info.width, height=info.height, resolution=resolution, aspect_ratio=aspect,
-            duration=round(info.duration, 6), fps=info.fps, frames=info.frames, has_audio=info.has_audio,
-            video_codec=info.video_codec, audio_codec=info.audio_codec, size_bytes=stored.size_bytes,
-            seed=clip.seed, timings={k: round(v, 4) for k, v in timings.items()}, billing=billing,
+            width=info.width,
+            height=info.height,
+            resolution=resolution,
+            aspect_ratio=aspect,
+            duration=round(info.duration, 6),
+            fps=info.fps,
+            frames=info.frames,
+            has_audio=info.has_audio,
+            video_codec=info.video_codec,
+            audio_codec=info.audio_codec,
+            size_bytes=stored.size_bytes,
+            seed=clip.seed,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            billing=billing,
         )
         task.status = TaskStatus.completed
     except Cancelled as exc:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install kinema into ./.venv: the right torch wheel first (CUDA if an NVIDIA GPU is present, else CPU),
+# then kinema itself. `--dev` adds the test tools and FFmpeg's ffprobe (used by the tests).
+#
+#   KINEMA_TORCH_SPEC      torch requirement to install (default: torch==2.13.0)
+#   KINEMA_TORCH_INDEX_URL extra index for torch wheels, e.g. https://download.pytorch.org/whl/cu128
+#                          or https://download.pytorch.org/whl/cpu
+#   KINEMA_PYTHON          interpreter to build the venv with (default: python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "usage: scripts/install.sh [--dev]" >&2; exit 2 ;;
+  esac
+done
+
+python=${KINEMA_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade pip setuptools wheel
+
+torch_spec=${KINEMA_TORCH_SPEC:-torch==2.13.0}
+torch_args=()
+if [ -n "${KINEMA_TORCH_INDEX_URL:-}" ]; then
+  torch_args+=(--extra-index-url "$KINEMA_TORCH_INDEX_URL")
+fi
+if .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') already installed"
+else
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "NVIDIA GPU found: installing $torch_spec (CUDA build)"
+  else
+    echo "no NVIDIA GPU: installing $torch_spec (CPU build where the index offers one)"
+  fi
+  # torch goes first so that nothing below pulls a different (multi-GB CUDA) build in as a dependency.
+  "${pip[@]}" install -q "${torch_args[@]}" "$torch_spec"
+fi
+
+extras=""
+if command -v nvidia-smi >/dev/null 2>&1; then extras="gpu"; fi
+if [ "$dev" = 1 ]; then extras="${extras:+$extras,}dev"; fi
+"${pip[@]}" install -q -e ".${extras:+[$extras]}"
+
+if [ "$dev" = 1 ] && ! command -v ffprobe >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+  else
+    echo "warning: the tests need ffprobe; install FFmpeg (e.g. apt-get install ffmpeg)" >&2
+  fi
+fi
+echo "kinema installed: $(.venv/bin/kinema --help >/dev/null && echo .venv/bin/kinema)"
