@@ -4,7 +4,7 @@ Meant to run once on a rented GPU with a hard wall limit, so every section is gu
 recorded and the next section runs), every section checks a global deadline, a watchdog writes what
 was measured before the wall limit can kill the process, and results are written after each section.
 
-    python bench/gpu_check.py                # on the GPU machine (about 5-6 minutes on an H100)
+    python bench/gpu_check.py                # on the GPU (about 4-5 minutes on an H100, capped)
     python bench/gpu_check.py --cpu-smoke    # tiny sizes on a CPU, to check the code paths
 
 Sections, most important first: env, tiny_e2e (kinema's worker on the tiny app), real_transformer
@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -44,6 +45,7 @@ except ImportError:  # not installed on this machine: use the checkout this scri
 # Distilled LTX-2 schedule, as kinema's LTX-2 Fast app samples it.
 DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)
 GIB = 1024**3
+Results = dict[str, Any]  # a section's measurements, JSON-ready
 
 # Where LTX-2.0's real configs differ from the diffusers defaults (diffusers
 # scripts/convert_ltx2_to_diffusers.py, version "2.0"). The VAE's ratios matter: left to the default,
@@ -98,7 +100,7 @@ class Check:
     device: torch.device
     smoke_compile: bool = False
     results: dict[str, Any] = field(default_factory=dict)
-    current: str = ""
+    current: str = ""  # "section/step" now running, for the watchdog's note
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def left(self) -> float:
@@ -106,12 +108,16 @@ class Check:
         return self.budget_s - (time.monotonic() - STARTED)
 
     def write(self, note: str | None = None) -> str:
-        """Serialize the results (with the elapsed time), write them under $OUT, return the JSON."""
+        """Write the results (with the elapsed time) under $OUT; return them, less tracebacks, as JSON.
+
+        Tracebacks go to stderr as they happen and into the file; leaving them out of the returned
+        line keeps the final stdout object short enough to survive a truncated output tail.
+        """
         with self.lock:
             self.results["elapsed_s"] = round(time.monotonic() - STARTED, 1)
             if note is not None:
                 self.results["note"] = note
-            text = json.dumps(_round(self.results), default=str)
+            text = _dumps_retrying(self.results)
             if self.out_dir is not None:
                 try:
                     self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,9 +128,9 @@ class Check:
                     print(
                         f"could not write {self.out_dir}/gpu_check.json: {exc}", file=sys.stderr, flush=True
                     )
-            return text
+            return json.dumps(_without_tracebacks(json.loads(text)))
 
-    def section(self, name: str, run: Callable[[Check], dict[str, Any]], *, need_s: float) -> None:
+    def section(self, name: str, run: Callable[[Check, Results], None], *, need_s: float) -> None:
         """Run one section unless time is short; record its result or its error, then free memory."""
         sections = self.results.setdefault("sections", {})
         left = self.left()
@@ -136,10 +142,11 @@ class Check:
         log(f"== {name} ({left:.0f}s left)")
         self.current = name
         began = time.monotonic()
-        entry: dict[str, Any] = {"status": "running"}
+        result: Results = {}  # filled as the section goes, so the watchdog can report a partial section
+        entry: dict[str, Any] = {"status": "running", "result": result}
         sections[name] = entry
         try:
-            entry["result"] = run(self)
+            run(self, result)
             failed = _failed_steps(entry["result"])
             entry["status"] = "partial" if failed else "ok"
             if failed:
@@ -149,6 +156,7 @@ class Check:
         except Exception as exc:
             entry["status"], entry["error"] = "error", _error_text(exc)
             entry["traceback"] = traceback.format_exc()[-3000:]
+            print(entry["traceback"], file=sys.stderr, flush=True)
             log(f"!! {name} failed: {_error_text(exc)}")
         finally:
             entry["seconds"] = round(time.monotonic() - began, 2)
@@ -164,7 +172,9 @@ class Check:
             into[name] = {"skipped": f"{left:.0f}s left, needs {need_s:.0f}s"}
             log(f"   {name}: skipped ({left:.0f}s left)")
             return None
-        failed = False
+        failed, section = False, self.current
+        self.current = f"{section}/{name}"
+        into[name] = {"running": True}
         try:
             value = run()
         except Exception as exc:
@@ -172,13 +182,31 @@ class Check:
             into[name] = {"error": _error_text(exc), "oom": oom}
             if not oom:
                 into[name]["traceback"] = traceback.format_exc()[-2000:]
+                print(into[name]["traceback"], file=sys.stderr, flush=True)
             log(f"   {name}: {'OOM' if oom else 'error'}: {_error_text(exc)[:300]}")
+        self.current = section
         if failed:
             free_memory()  # here, not in the handler: the traceback's frames hold the failed step's tensors
             return None
         into[name] = value
         log(f"   {name}: {json.dumps(_round(value), default=str)[:400]}")
         return value
+
+
+def _without_tracebacks(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_tracebacks(v) for k, v in value.items() if k != "traceback"}
+    return value
+
+
+def _dumps_retrying(results: dict[str, Any]) -> str:
+    # The watchdog serializes while the main thread may be adding a key; try again in that case.
+    for _ in range(20):
+        try:
+            return json.dumps(_round(results), default=str)
+        except RuntimeError:
+            time.sleep(0.05)
+    return json.dumps({"error": "results kept changing while being written"})
 
 
 class SkipSection(Exception):
@@ -247,7 +275,7 @@ def timed(device: torch.device, run: Callable[[], Any]) -> tuple[float, Any]:
 # 1. env ---------------------------------------------------------------------------------------------
 
 
-def section_env(check: Check) -> dict[str, Any]:
+def section_env(check: Check, out: Results) -> None:
     """Versions, the device and its capabilities, NVENC, and a matmul sanity figure."""
     import av
     import diffusers
@@ -257,7 +285,7 @@ def section_env(check: Check) -> dict[str, Any]:
     from kinema.media.encode import nvenc_available
     from kinema.settings import Settings
 
-    env: dict[str, Any] = {
+    out |= {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -273,7 +301,7 @@ def section_env(check: Check) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(
+        out.update(
             device_name=props.name,
             capability=list(torch.cuda.get_device_capability(0)),
             total_memory_gib=props.total_memory / GIB,
@@ -281,14 +309,13 @@ def section_env(check: Check) -> dict[str, Any]:
             flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
             cudnn_sdp=torch.backends.cuda.cudnn_sdp_enabled(),
         )
-    check.step(env, "nvenc_available", lambda: nvenc_available())
+    check.step(out, "nvenc_available", lambda: nvenc_available())
     check.step(
-        env,
+        out,
         "placement_fp8_compile",
         lambda: choose_placement(Settings(_env_file=None, fp8=True, compile=True)).key,  # type: ignore[call-arg]
     )
-    check.step(env, "bf16_matmul_tflops", lambda: matmul_tflops(check.device, 512 if check.smoke else 8192))
-    return env
+    check.step(out, "bf16_matmul_tflops", lambda: matmul_tflops(check.device, 512 if check.smoke else 8192))
 
 
 def matmul_tflops(device: torch.device, n: int) -> float:
@@ -338,7 +365,7 @@ def e2e_cases(smoke: bool) -> list[E2ECase]:
     ]
 
 
-def section_tiny_e2e(check: Check) -> dict[str, Any]:
+def section_tiny_e2e(check: Check, out: Results) -> None:
     """kinema's real worker path (load, generate, encode, probe, bill, store) on the tiny app."""
     from kinema.apps.registry import TINY
     from kinema.engines.cache import WarmModels
@@ -353,7 +380,7 @@ def section_tiny_e2e(check: Check) -> dict[str, Any]:
     warm = WarmModels(capacity=1)  # our own cache, cleared at the end to free the GPU for the next section
     storage = LocalStorage(data_dir / "outputs")
     nvenc = nvenc_available()
-    out: dict[str, Any] = {"device_setting": device_setting, "nvenc_available": nvenc}
+    out |= {"device_setting": device_setting, "nvenc_available": nvenc}
 
     def settings(hardware_encoder: bool) -> Settings:
         return Settings(  # type: ignore[call-arg]
@@ -396,10 +423,12 @@ def section_tiny_e2e(check: Check) -> dict[str, Any]:
 
     runs: dict[str, Any] = {}
     out["runs"] = runs
-    for case in e2e_cases(check.smoke):
-        check.step(runs, case.name, partial(run_case, case), need_s=25 if not check.smoke else 5)
-    warm.clear()
-    return out
+    try:
+        for case in e2e_cases(check.smoke):
+            check.step(runs, case.name, partial(run_case, case), need_s=25 if not check.smoke else 5)
+    finally:
+        warm.clear()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # 3. real_transformer --------------------------------------------------------------------------------
@@ -548,11 +577,11 @@ def time_forwards(
     return result
 
 
-def section_real_transformer(check: Check) -> dict[str, Any]:
+def section_real_transformer(check: Check, out: Results) -> None:
     """The LTX-2 transformer at real size: init memory, bf16 step and 8-step times, then FP8 storage."""
     device = check.device
     text_len = 64 if check.smoke else 1024
-    out: dict[str, Any] = {
+    out |= {
         "config": "smoke" if check.smoke else "default (real LTX-2 19B)",
         "text_len": text_len,
     }
@@ -602,7 +631,6 @@ def section_real_transformer(check: Check) -> dict[str, Any]:
                 partial(time_forwards, check, model, shape, text_len, repeats=2, denoise_steps=False),
                 need_s=need_s,
             )
-    return out
 
 
 # 4. real_vae_decode ---------------------------------------------------------------------------------
@@ -620,14 +648,14 @@ def build_vae(check: Check) -> Any:
     return build_on_device(AutoencoderKLLTX2Video, REAL_VAE, check.device)
 
 
-def section_real_vae_decode(check: Check) -> dict[str, Any]:
+def section_real_vae_decode(check: Check, out: Results) -> None:
     """Decode 720p x 121-frame latents with the real VAE, untiled and tiled: time and peak memory."""
     device = check.device
     seconds, vae = timed(device, lambda: build_vae(check))
     channels = vae.config.latent_channels
     # 1280x736x121 -> 16x23x40 latents; the smoke size still exceeds one 512px tile so tiling really tiles.
     frames, height, width = (3, 20, 24) if check.smoke else Shape(1280, 736, 121).latent
-    out: dict[str, Any] = {
+    out |= {
         "config": "tiny app VAE" if check.smoke else "default (real LTX-2)",
         "init_s": seconds,
         **param_stats(vae),
@@ -659,13 +687,12 @@ def section_real_vae_decode(check: Check) -> dict[str, Any]:
     check.step(out, "untiled", measure, need_s=15 if not check.smoke else 0)
     vae.enable_tiling()
     check.step(out, "tiled", measure, need_s=15 if not check.smoke else 0)
-    return out
 
 
 # 5. real_transformer_compile ------------------------------------------------------------------------
 
 
-def section_compile(check: Check) -> dict[str, Any]:
+def section_compile(check: Check, out: Results) -> None:
     """Regional torch.compile of the real bf16 transformer: first call (compiles) and steady step time."""
     if check.device.type != "cuda" and not check.smoke_compile:
         raise SkipSection("CUDA only (pass --smoke-compile to try it on CPU)")
@@ -674,7 +701,7 @@ def section_compile(check: Check) -> dict[str, Any]:
     device = check.device
     text_len = 64 if check.smoke else 1024
     seconds, model = timed(device, lambda: build_transformer(check))
-    out: dict[str, Any] = {"init_s": seconds, "dtype": "bfloat16", "fullgraph": False}
+    out |= {"init_s": seconds, "dtype": "bfloat16", "fullgraph": False}
     seconds, _ = timed(device, lambda: model.compile_repeated_blocks(fullgraph=False))
     out["compile_call_s"] = seconds
     torch._dynamo.utils.counters.clear()
@@ -699,7 +726,6 @@ def section_compile(check: Check) -> dict[str, Any]:
     out["graph_breaks"] = sum(counters["graph_break"].values())
     out["unique_graphs"] = counters["stats"].get("unique_graphs", 0)
     torch._dynamo.reset()
-    return out
 
 
 # main -----------------------------------------------------------------------------------------------
@@ -770,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
         "device": str(device),
         "budget_s": args.budget_s,
-        "argv": sys.argv[1:],
+        "argv": argv if argv is not None else sys.argv[1:],
         "started_unix": time.time() - (time.monotonic() - STARTED),
     }
     start_watchdog(check, args.hard_limit_s if args.hard_limit_s is not None else args.budget_s + 10)
@@ -778,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         log("!! no CUDA device: only env runs; use --cpu-smoke for the tiny CPU variant")
 
     needs_gpu = device.type == "cuda" or args.cpu_smoke
-    sections: list[tuple[str, Callable[[Check], dict[str, Any]], float, bool]] = [
+    sections: list[tuple[str, Callable[[Check, Results], None], float, bool]] = [
         ("env", section_env, 0, True),
         ("tiny_e2e", section_tiny_e2e, 30, needs_gpu),
         ("real_transformer", section_real_transformer, 60, needs_gpu),

@@ -7,7 +7,7 @@ from typing import Any
 
 from kinema.apps.schema import VideoInput, input_model_for
 from kinema.billing.pricing import PriceTable
-from kinema.engines.ltx2 import DISTILLED_SIGMAS, LTX2Sampling
+from kinema.engines.sampling import DISTILLED_SIGMAS, LTX2Sampling
 from kinema.errors import AppNotFound
 
 

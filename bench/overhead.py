@@ -1,0 +1,155 @@
+"""kinema's overhead over the bare library path, measured side by side in one process.
+
+The same tiny LTX-2 model, sizes, steps and seed run (a) through kinema's worker (prompt encoding, denoising,
+decoding, fitting to the exact size, MP4 encode, probe, store) and (b) as a bare diffusers pipeline call plus
+a plain PyAV write of its frames and audio. Prints the median time of each and the ratio kinema / bare.
+
+    .venv/bin/python bench/overhead.py [--rounds 3] [--duration 2] [--resolution 720p] [--no-audio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from kinema.apps.registry import TINY
+from kinema.apps.sizing import generation_size, output_size, plan_frames
+from kinema.engines.cache import WarmModels
+from kinema.settings import Settings
+from kinema.storage.local import LocalStorage
+from kinema.tasks.models import TaskStatus
+from kinema.tasks.worker import RunContext, load_engine, run_task
+
+
+def bare_run(
+    pipe: object,
+    out: Path,
+    *,
+    prompt: str,
+    width: int,
+    height: int,
+    frames: int,
+    generated: int,
+    fps: int,
+    audio: bool,
+    seed: int,
+) -> None:
+    """What a user writes without kinema: call the pipeline, then write its frames with PyAV."""
+    sampling = TINY.sampling
+    gen_w, gen_h = generation_size(width, height, multiple=32, max_pixels=None)
+    result = pipe(  # type: ignore[operator]
+        prompt=prompt,
+        height=gen_h,
+        width=gen_w,
+        num_frames=generated,
+        frame_rate=float(fps),
+        sigmas=list(sampling.sigmas or ()),
+        num_inference_steps=sampling.steps,
+        guidance_scale=1.0,
+        stg_scale=0.0,
+        modality_scale=1.0,
+        guidance_rescale=0.0,
+        audio_guidance_rescale=0.0,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+        max_sequence_length=sampling.max_sequence_length,
+    )
+    video = result.frames[0][:frames]  # (F, H, W, 3) floats in [0, 1]
+    top, left = (gen_h - height) // 2, (gen_w - width) // 2
+    pixels = (video[:, top : top + height, left : left + width] * 255).round().astype(np.uint8)
+    with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "profile": "high"}
+        astream = container.add_stream("aac", rate=48000, layout="stereo") if audio else None
+        for i, rgb in enumerate(pixels):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if astream is not None:
+            wave = result.audio[0].float().cpu().numpy()
+            rate = pipe.vocoder.config.output_sampling_rate  # type: ignore[attr-defined]
+            wave = np.ascontiguousarray(wave[:, : round(frames / fps * rate)])
+            source = av.AudioFrame.from_ndarray(wave, format="fltp", layout="stereo")
+            source.sample_rate, source.pts = rate, 0
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=48000, frame_size=1024)
+            for chunk in [*resampler.resample(source), *resampler.resample(None)]:
+                container.mux(astream.encode(chunk))
+            container.mux(astream.encode(None))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--resolution", default="720p", choices=["720p", "1080p", "4K"])
+    parser.add_argument("--no-audio", action="store_true")
+    args = parser.parse_args()
+    audio = not args.no_audio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), _env_file=None)  # type: ignore[call-arg]
+        warm = WarmModels()
+        ctx = RunContext(settings=settings, storage=LocalStorage(settings.outputs_dir), warm=warm)
+        engine, _ = load_engine(TINY, settings, warm)
+        width, height = output_size(args.resolution, "16:9")
+        plan = plan_frames(args.duration, TINY.fps, engine.temporal_multiple)
+        raw = {
+            "prompt": "overhead benchmark",
+            "resolution": args.resolution,
+            "duration": args.duration,
+            "generate_audio": audio,
+            "seed": 1,
+        }
+        # Warm-up both paths once (allocator, x264 init), then alternate so drift hits both alike.
+        kinema_times: list[float] = []
+        bare_times: list[float] = []
+        for round_ in range(args.rounds + 1):
+            gc.collect()
+            started = time.perf_counter()
+            task = run_task(TINY, raw, ctx)
+            elapsed_kinema = time.perf_counter() - started
+            assert task.status is TaskStatus.completed, task.error
+            gc.collect()
+            started = time.perf_counter()
+            bare_run(
+                engine.pipe,
+                Path(tmp) / "bare.mp4",
+                prompt=raw["prompt"],
+                width=width,
+                height=height,
+                frames=plan.frames,
+                generated=plan.generated_frames,
+                fps=TINY.fps,
+                audio=audio,
+                seed=1,
+            )
+            elapsed_bare = time.perf_counter() - started
+            if round_ > 0:
+                kinema_times.append(elapsed_kinema)
+                bare_times.append(elapsed_bare)
+                print(f"round {round_}: kinema {elapsed_kinema:.3f}s  bare {elapsed_bare:.3f}s", flush=True)
+        timings = task.output_meta.timings if task.output_meta else {}
+        kinema_median, bare_median = statistics.median(kinema_times), statistics.median(bare_times)
+        print(
+            f"\n{args.resolution} {args.duration:g}s audio={audio} steps={TINY.sampling.steps} "
+            f"threads={torch.get_num_threads()}"
+        )
+        print("kinema stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+        print(f"kinema median {kinema_median:.3f}s  bare median {bare_median:.3f}s")
+        print(f"overhead ratio kinema/bare = {kinema_median / bare_median:.3f} (target <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()
