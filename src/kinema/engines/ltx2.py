@@ -22,6 +22,7 @@ from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import Cancelled
 from kinema.media.frames import fit_audio, iter_output_frames
 
+
 def load_pipeline(model_dir: Path, placement: Placement, *, offload: str, vae_tiling: bool) -> Any:
     """Load an LTX2Pipeline from a diffusers directory onto the chosen device."""
     from diffusers import LTX2Pipeline
