@@ -221,6 +221,9 @@ def app_run(
     except InvalidInput as exc:
         raise fail(exc.message, 2) from None
     quiet_libraries()
+    from kinema.engines.cache import WARM_MODELS
+
+    WARM_MODELS.capacity = settings.warm_models  # sized once, from settings, for this process
     storage = LocalStorage(settings.outputs_dir)
     try:
         with StageProgress(enabled=err.is_terminal) as progress:

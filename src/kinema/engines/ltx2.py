@@ -226,6 +226,6 @@ class LTX2Engine:
 
 def _fit_image(image: Any, width: int, height: int) -> Any:
     """Center-crop and resize a PIL image to the generation size (the pipeline would stretch it)."""
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
-    return ImageOps.fit(image, (width, height), method=3)  # 3 = BICUBIC
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)

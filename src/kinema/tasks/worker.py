@@ -105,7 +105,6 @@ def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Eng
         pipe = load_pipeline(model_dir, placement, offload=settings.offload, vae_tiling=settings.vae_tiling)
         return LTX2Engine(pipe, app.sampling, placement)
 
-    warm.capacity = settings.warm_models
     engine, loaded = warm.get_or_load(key, loader)
     return engine, loaded
 
