@@ -80,3 +80,53 @@ class GenerationFailed(KinemaError):
 class StorageError(KinemaError):
     code = "storage_error"
     status = 500
+
+
+class BadRequest(KinemaError):
+    """The request cannot be read at all: malformed JSON, a bad header or cursor."""
+
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(KinemaError):
+    """No API key, or one that is not valid."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(KinemaError):
+    """A signed URL that is invalid or expired."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(KinemaError):
+    """No such task, file or route (also for things that exist but belong to someone else)."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(KinemaError):
+    """The request does not fit the resource's state, e.g. cancelling a finished task."""
+
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(KinemaError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(KinemaError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class ServiceUnavailable(KinemaError):
+    code = "unavailable"
+    status = 503

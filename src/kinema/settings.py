@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,52 @@ class Settings(BaseSettings):
     image_allow_private_urls: bool = Field(
         default=False, description="Allow image URLs on loopback/private networks (for tests only)."
     )
+
+    # Server (`kinema serve`)
+    host: str = Field(default="127.0.0.1", description="Address `kinema serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `kinema serve` listens on.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the task store, e.g. postgresql+psycopg://user:pw@host/kinema "
+        "(default: a SQLite file in the data directory).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach this server at, for signed links (default: the request's own).",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Bootstrap admin API key (default: generated on first start and printed once).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Secret for signing file URLs and hashing keys (default: generated into the data dir).",
+    )
+    run_wait_s: float = Field(
+        default=60.0, ge=0, description="How long POST .../run waits for the result before answering 202."
+    )
+    signed_url_ttl_s: int = Field(default=3600, ge=1, description="Lifetime of signed file URLs (seconds).")
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, description="Largest file POST /v1/files takes.")
+    request_max_bytes: int = Field(
+        default=32 * 1024 * 1024, description="Largest JSON request body (inline data: images included)."
+    )
+    workers: int = Field(
+        default=1, ge=0, description="Worker threads `kinema serve` runs (one per GPU; 0: API only)."
+    )
+    task_max_attempts: int = Field(
+        default=2, ge=1, description="Times a task is started before a crash mid-task marks it failed."
+    )
+
+    # Client (`kinema app run --remote`, `kinema task ...`, kinema.Client)
+    api_url: str | None = Field(
+        default=None, description="A kinema server to send CLI work to instead of running in-process."
+    )
+    api_key: SecretStr | None = Field(default=None, description="API key for api_url.")
+
+    @property
+    def database(self) -> str:
+        """The task store's SQLAlchemy URL."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'kinema.db').resolve()}"
 
     @property
     def outputs_dir(self) -> Path:

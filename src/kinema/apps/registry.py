@@ -41,6 +41,31 @@ class App:
         """The input model as JSON Schema."""
         return self.input_model.model_json_schema()
 
+    def describe(self) -> dict[str, Any]:
+        """The app's public description: schema, defaults, pricing, notes, examples (CLI and API)."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "version": self.version,
+            "title": self.title,
+            "description": self.description,
+            "fps": self.fps,
+            "notes": list(self.notes),
+            "input_schema": self.input_schema(),
+            "pricing": {
+                "currency": self.pricing.currency,
+                "per_second": {
+                    "720p/1080p video": str(self.pricing.video),
+                    "720p/1080p video+audio": str(self.pricing.video_audio),
+                    "4K video": str(self.pricing.video_4k),
+                    "4K video+audio": str(self.pricing.video_4k_audio),
+                },
+            },
+            "examples": list(self.examples),
+            "weights": self.default_weights,
+        }
+
 
 _EXAMPLES = (
     {"prompt": "A drone shot rising over a foggy forest at sunrise", "generate_audio": True},

@@ -108,30 +108,6 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     out.print(table)
 
 
-def describe_app(a: App) -> dict[str, Any]:
-    """An app's public description: schema, defaults, pricing, notes, examples."""
-    return {
-        "id": a.id,
-        "version": a.version,
-        "title": a.title,
-        "description": a.description,
-        "fps": a.fps,
-        "notes": list(a.notes),
-        "input_schema": a.input_schema(),
-        "pricing": {
-            "currency": a.pricing.currency,
-            "per_second": {
-                "720p/1080p video": str(a.pricing.video),
-                "720p/1080p video+audio": str(a.pricing.video_audio),
-                "4K video": str(a.pricing.video_4k),
-                "4K video+audio": str(a.pricing.video_4k_audio),
-            },
-        },
-        "examples": list(a.examples),
-        "weights": a.default_weights,
-    }
-
-
 @apps_cli.command("show")
 def app_show(
     app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
@@ -139,7 +115,7 @@ def app_show(
 ) -> None:
     """Show an app's input schema, defaults and pricing."""
     a = lookup(app_id)
-    info = describe_app(a)
+    info = a.describe()
     if as_json:
         out.print_json(data=info)
         return
@@ -286,6 +262,57 @@ def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> 
     except KinemaError as exc:
         raise fail(exc.message) from None
     out.print(f"{a.id}: weights ready at {path}")
+
+
+SERVE_HELP = """Start the API, a worker and the file server in one process.
+
+Configured by KINEMA_* environment variables (or a .env file); the options below override them:
+
+
+  KINEMA_DATA_DIR       data directory: SQLite task store, outputs, uploads (default ./kinema-data)
+  KINEMA_DATABASE_URL   task store URL, e.g. postgresql+psycopg://user:pw@host/kinema (default: SQLite)
+  KINEMA_ADMIN_KEY      the admin API key (default: generated on first start and printed once)
+  KINEMA_SECRET_KEY     secret for signed URLs and key hashes (default: generated into the data dir)
+  KINEMA_PUBLIC_URL     base URL clients use, for signed links (default: the request's host)
+  KINEMA_WORKERS        worker threads in this process (default 1; 0 = API only)
+  KINEMA_RUN_WAIT_S     how long POST .../run waits before answering 202 (default 60)
+  KINEMA_SIGNED_URL_TTL_S  lifetime of signed file URLs in seconds (default 3600)
+  KINEMA_UPLOAD_MAX_BYTES, KINEMA_REQUEST_MAX_BYTES  body size limits
+"""
+
+
+@app.command("serve", help=SERVE_HELP)
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (KINEMA_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (KINEMA_PORT, default 8000).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (KINEMA_DATA_DIR).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker threads (KINEMA_WORKERS).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    import uvicorn
+
+    from kinema.api.app import create_app
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {"host": host, "port": port, "data_dir": data_dir, "workers": workers}.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    quiet_libraries()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    err.print(
+        f"kinema serving on http://{settings.host}:{settings.port} "
+        f"(data: {settings.data_dir.resolve()}, store: {settings.database.split('://', 1)[0]})",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main() -> None:

@@ -19,6 +19,13 @@ class TaskStatus(StrEnum):
     failed = "failed"
     cancelled = "cancelled"
 
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.cancelled})
+
 
 class TaskProgress(BaseModel):
     stage: str
@@ -44,6 +51,7 @@ class Task(BaseModel):
     """Everything known about one run; output_meta only when completed."""
 
     id: str = Field(default_factory=new_task_id)
+    owner: str | None = Field(default=None, description="The account that submitted the task.")
     app: str
     version: str
     status: TaskStatus = TaskStatus.queued
@@ -55,3 +63,5 @@ class Task(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # The stored MP4's file id (server mode); output.video is a signed URL made from it per request.
+    output_file: str | None = Field(default=None, exclude=True)

@@ -115,15 +115,29 @@ def _checked(frames: Iterable[np.ndarray], cancel: CancelToken) -> Iterator[np.n
         yield chunk
 
 
-def run_task(app: App, raw_input: Any, ctx: RunContext, *, prepared: PreparedInput | None = None) -> Task:
-    """Run one task to its end state; bad input raises InvalidInput, every later failure is a failed task."""
+def run_task(
+    app: App,
+    raw_input: Any,
+    ctx: RunContext,
+    *,
+    prepared: PreparedInput | None = None,
+    task: Task | None = None,
+) -> Task:
+    """Run one task to its end state; bad input raises InvalidInput, every later failure is a failed task.
+
+    A server passes the task it claimed from its store; the CLI lets this make a fresh one.
+    """
     prepared = prepared or prepare_input(
         app, raw_input, ctx.settings, allow_local_paths=ctx.allow_local_paths
     )
-    task = Task(
+    task = task or Task(
         app=app.id, version=app.version, input=prepared.input.model_dump(mode="json", exclude_none=True)
     )
-    task.status, task.started_at = TaskStatus.running, utcnow()
+    return _run(app, prepared, ctx, task)
+
+
+def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task:
+    task.status, task.started_at = TaskStatus.running, task.started_at or utcnow()
 
     def report(event: ProgressEvent) -> None:
         task.progress = TaskProgress(stage=event.stage, step=event.step, total=event.total)

@@ -1,0 +1,98 @@
+"""The server: FastAPI app, task store, runner and file server in one process (`kinema serve`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from kinema.api.errors import BodySizeLimit, install_error_handlers
+from kinema.api.metrics import HttpLatency, Metrics
+from kinema.api.routes import ServerState, router
+from kinema.api.security import Signer, ensure_admin_key, load_secret
+from kinema.engines.cache import WARM_MODELS, WarmModels
+from kinema.settings import Settings
+from kinema.storage.local import LocalStorage
+from kinema.store.db import migrate, open_engine
+from kinema.store.repo import TaskStore
+from kinema.tasks.runner import Runner
+from kinema.tasks.service import TaskService
+
+log = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def print_admin_key(key: str) -> None:
+    """Show a generated admin key once, on the terminal (it is stored only as a hash)."""
+    print(
+        f"\nkinema: generated the admin API key (shown only now; keep it):\n\n    {key}\n\n"
+        "Set KINEMA_ADMIN_KEY to choose your own.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    warm: WarmModels | None = None,
+    announce_key: Callable[[str], None] = print_admin_key,
+) -> FastAPI:
+    """The ASGI app. Its lifespan migrates the store, makes the admin key valid and runs the workers."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        engine = open_engine(settings.database)
+        migrate(engine)
+        store = TaskStore(engine)
+        signer = Signer(load_secret(settings))
+        ensure_admin_key(store, signer, settings, announce_key)
+        storage = LocalStorage(settings.outputs_dir)
+        runner = None
+        if settings.workers > 0:
+            cache = warm or WARM_MODELS
+            cache.capacity = settings.warm_models
+            runner = Runner(
+                store, settings, storage, cache, workers=settings.workers, on_finished=metrics.task_finished
+            )
+        metrics.bind(store)
+        app.state.kinema = ServerState(
+            settings=settings,
+            store=store,
+            storage=storage,
+            signer=signer,
+            service=TaskService(store, runner),
+            runner=runner,
+            metrics=metrics,
+        )
+        if runner is not None:
+            runner.start()
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+            engine.dispose()
+
+    metrics = Metrics()
+    app = FastAPI(
+        title="kinema",
+        version="0.1.0",
+        description="Self-hostable video generation. Every /v1 route needs `Authorization: Bearer <key>`; "
+        "file downloads use signed URLs instead.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(HttpLatency, metrics=metrics)
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.request_max_bytes,
+        limits={"/v1/files": settings.upload_max_bytes + MULTIPART_OVERHEAD},
+    )
+    return app

@@ -1,0 +1,459 @@
+"""The HTTP routes. Each one is thin: authenticate, call the service/store in a thread, render."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image, UnidentifiedImageError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from kinema.api.errors import ErrorBody
+from kinema.api.metrics import Metrics
+from kinema.api.models import AppDetail, AppList, AppSummary, FileOut, Health, TaskLinks, TaskList, TaskOut
+from kinema.api.security import Signer
+from kinema.apps.registry import App, get_app, list_apps
+from kinema.apps.schema import VideoInput, VideoOutput
+from kinema.errors import AppNotFound, BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from kinema.media.images import ACCEPTED_FORMATS
+from kinema.settings import Settings
+from kinema.storage.local import LocalStorage
+from kinema.store.repo import ApiKey, StoredFile, TaskStore, new_id
+from kinema.tasks.models import Task, TaskStatus
+from kinema.tasks.runner import Runner, upload_key
+from kinema.tasks.service import TaskService
+
+SSE_POLL_S = 0.2
+WAIT_POLL_S = 0.1
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share, built once by create_app's lifespan."""
+
+    settings: Settings
+    store: TaskStore
+    storage: LocalStorage
+    signer: Signer
+    service: TaskService
+    runner: Runner | None
+    metrics: Metrics
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.kinema  # type: ignore[no-any-return]
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+async def principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> ApiKey:
+    """The API key's owner; 401 when the key is missing or unknown."""
+    if credentials is None:
+        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    st = state(request)
+    key = await run_in_threadpool(st.store.find_key, st.signer.hash_key(credentials.credentials))
+    if key is None:
+        raise Unauthorized("invalid API key")
+    return key
+
+
+Principal = Annotated[ApiKey, Depends(principal)]
+
+
+async def json_body(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    """415 for a body that says it is not JSON (curl -d without -H sends a form type)."""
+    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise UnsupportedMediaType(
+            f"the body must be JSON (Content-Type: application/json), not {content_type.split(';')[0]}"
+        )
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+
+
+def base_url(request: Request) -> str:
+    return state(request).settings.public_url or str(request.base_url)
+
+
+def render_task(request: Request, task: Task) -> TaskOut:
+    st = state(request)
+    base = base_url(request).rstrip("/")
+    output = None
+    if task.output_file is not None:
+        output = VideoOutput(video=st.signer.file_url(base, task.output_file, st.settings.signed_url_ttl_s))
+    return TaskOut(
+        id=task.id,
+        app=task.app,
+        version=task.version,
+        status=task.status,
+        input=task.input,
+        output=output,
+        output_meta=task.output_meta,
+        error=task.error,
+        progress=task.progress,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        urls=TaskLinks(
+            get=f"{base}/v1/tasks/{task.id}",
+            cancel=f"{base}/v1/tasks/{task.id}/cancel",
+            events=f"{base}/v1/tasks/{task.id}/events",
+        ),
+    )
+
+
+def render_file(request: Request, stored: StoredFile) -> FileOut:
+    st = state(request)
+    return FileOut(
+        id=stored.id,
+        purpose=stored.purpose,
+        filename=stored.filename,
+        content_type=stored.content_type,
+        size_bytes=stored.size_bytes,
+        created_at=stored.created_at,
+        url=st.signer.file_url(base_url(request), stored.id, st.settings.signed_url_ttl_s),
+    )
+
+
+def task_response(request: Request, task: Task, status: int = 200) -> JSONResponse:
+    body = render_task(request, task).model_dump(mode="json")
+    return JSONResponse(body, status_code=status, headers={"Location": f"/v1/tasks/{task.id}"})
+
+
+# Apps and runs -----------------------------------------------------------------------------------
+
+router = APIRouter()
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)")
+
+
+def wait_seconds(wait: bool, prefer: str | None, limit: float) -> float:
+    """How long a run request waits: ?wait=false or Prefer: respond-async -> 0; Prefer: wait=N caps it."""
+    if not wait:
+        return 0.0
+    if prefer:
+        if "respond-async" in prefer.lower():
+            return 0.0
+        match = PREFER_WAIT.search(prefer.lower())
+        if match:
+            return min(float(match.group(1)), limit)
+    return limit
+
+
+async def wait_for(request: Request, task: Task, seconds: float) -> Task:
+    """Poll the store until the task ends, the time is up, or the client goes away."""
+    st = state(request)
+    deadline = time.monotonic() + seconds
+    while not task.status.finished and time.monotonic() < deadline:
+        if await request.is_disconnected():
+            break
+        await asyncio.sleep(WAIT_POLL_S)
+        task = await run_in_threadpool(st.store.get_task, task.id)
+    return task
+
+
+def add_run_route(app_def: App) -> None:
+    """POST /v1/apps/{owner}/{name}/run for one app, with the app's own input model as the body schema."""
+
+    async def run(
+        request: Request,
+        body: VideoInput,
+        key: Principal,
+        wait: Annotated[
+            bool,
+            Query(description="Wait for the result (up to the server's limit); false answers 202 at once."),
+        ] = True,
+        prefer: Annotated[
+            str | None, Header(description="`respond-async` answers 202 at once; `wait=N` waits N seconds.")
+        ] = None,
+    ) -> JSONResponse:
+        st = state(request)
+        task = await run_in_threadpool(st.service.submit, app_def, body, owner=key.owner_id)
+        seconds = wait_seconds(wait, prefer, st.settings.run_wait_s)
+        if seconds > 0:
+            task = await wait_for(request, task, seconds)
+        return task_response(request, task, 200 if task.status.finished else 202)
+
+    run.__annotations__["body"] = app_def.input_model
+    router.add_api_route(
+        f"/v1/apps/{app_def.owner}/{app_def.name}/run",
+        run,
+        methods=["POST"],
+        tags=["apps"],
+        name=f"run {app_def.id}",
+        summary=f"Run {app_def.id}",
+        description=f"{app_def.description}\n\nWaits for the result by default (200 with the finished task); "
+        "answers 202 with the queued or running task when asked not to wait or when the wait limit passes. "
+        "The task's URL is in the Location header.",
+        response_model=TaskOut,
+        responses={202: {"model": TaskOut, "description": "Accepted; still queued or running."}, **ERRORS},
+        dependencies=[Depends(json_body)],
+    )
+
+
+for _app in list_apps():
+    add_run_route(_app)
+
+
+@router.post("/v1/apps/{owner}/{name}/run", include_in_schema=False)
+async def run_unknown_app(owner: str, name: str, key: Principal) -> None:
+    raise AppNotFound(f"no app named '{owner}/{name}'; GET /v1/apps lists them")
+
+
+@router.get("/v1/apps", tags=["apps"], response_model=AppList, responses=ERRORS)
+async def apps_list(key: Principal) -> AppList:
+    """The catalogue of apps."""
+    return AppList(
+        data=[
+            AppSummary(id=a.id, version=a.version, title=a.title, description=a.description)
+            for a in list_apps()
+        ]
+    )
+
+
+@router.get("/v1/apps/{owner}/{name}", tags=["apps"], response_model=AppDetail, responses=ERRORS)
+async def apps_get(owner: str, name: str, key: Principal) -> AppDetail:
+    """One app: input JSON Schema with defaults and bounds, pricing, examples."""
+    return AppDetail.model_validate(get_app(f"{owner}/{name}").describe())
+
+
+# Tasks -------------------------------------------------------------------------------------------
+
+
+@router.get("/v1/tasks/{task_id}", tags=["tasks"], response_model=TaskOut, responses=ERRORS)
+async def tasks_get(request: Request, task_id: str, key: Principal) -> TaskOut:
+    """One task, with a fresh signed output URL when it has completed."""
+    task = await run_in_threadpool(state(request).service.get, task_id, owner=key.owner_id)
+    return render_task(request, task)
+
+
+@router.get("/v1/tasks", tags=["tasks"], response_model=TaskList, responses=ERRORS)
+async def tasks_list(
+    request: Request,
+    key: Principal,
+    status: Annotated[list[TaskStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
+    app: Annotated[str | None, Query(description="Only this app, e.g. lightricks/ltx-2-fast.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor from the previous page.")] = None,
+) -> TaskList:
+    """Your tasks, newest first, a page at a time."""
+    page = await run_in_threadpool(
+        state(request).service.list,
+        owner=key.owner_id,
+        status=status or (),
+        app=app,
+        limit=limit,
+        cursor=cursor,
+    )
+    return TaskList(data=[render_task(request, t) for t in page.tasks], next_cursor=page.next_cursor)
+
+
+@router.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], response_model=TaskOut, responses=ERRORS)
+async def tasks_cancel(request: Request, task_id: str, key: Principal) -> TaskOut:
+    """Cancel a task: queued work never starts, running work stops at its next step. 409 once it has ended."""
+    task = await run_in_threadpool(state(request).service.cancel, task_id, owner=key.owner_id)
+    return render_task(request, task)
+
+
+@router.get(
+    "/v1/tasks/{task_id}/events",
+    tags=["tasks"],
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."}, **ERRORS},
+    response_class=EventSourceResponse,
+)
+async def tasks_events(
+    request: Request,
+    task_id: str,
+    key: Principal,
+    last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
+) -> EventSourceResponse:
+    """The task's events as SSE: `status`, `progress`, `log`, then one `task` event with the final task.
+
+    Every event has an id; reconnect with `Last-Event-ID` to resume where the stream stopped.
+    """
+    st = state(request)
+    await run_in_threadpool(st.service.get, task_id, owner=key.owner_id)
+    try:
+        after = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be an event id from this stream") from None
+    return EventSourceResponse(task_events(request, task_id, after), ping=15, send_timeout=30)
+
+
+async def task_events(request: Request, task_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    st = state(request)
+    while True:
+        events = await run_in_threadpool(st.store.events_after, task_id, after)
+        for event in events:
+            after = event.id
+            if event.kind == "done":
+                yield await final_event(request, task_id, event.id)
+                return
+            yield ServerSentEvent(id=str(event.id), event=event.kind, data=json.dumps(event.data))
+        if not events:
+            task = await run_in_threadpool(st.store.get_task, task_id)
+            if task.status.finished:  # resumed after the end: send the final task again
+                yield await final_event(request, task_id, after)
+                return
+            await asyncio.sleep(SSE_POLL_S)
+
+
+async def final_event(request: Request, task_id: str, event_id: int) -> ServerSentEvent:
+    task = await run_in_threadpool(state(request).store.get_task, task_id)
+    body = render_task(request, task).model_dump_json()
+    return ServerSentEvent(id=str(event_id), event="task", data=body)
+
+
+# Files -------------------------------------------------------------------------------------------
+
+MIME = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+
+
+def sniff_image(data: bytes) -> str:
+    """The image's MIME type from its content (never from the client's claim); 415 when not an image."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            fmt = image.format or ""
+    except (UnidentifiedImageError, OSError, ValueError):
+        fmt = ""
+    if fmt not in MIME:
+        raise UnsupportedMediaType(
+            "the file is not an image kinema accepts (PNG, JPEG, WebP, GIF or BMP)",
+            details={"accepted": sorted(MIME.values())},
+        )
+    return MIME[fmt]
+
+
+@router.post("/v1/files", tags=["files"], status_code=201, response_model=FileOut, responses=ERRORS)
+async def files_upload(
+    request: Request,
+    key: Principal,
+    file: Annotated[UploadFile, File(description="An input image (PNG, JPEG, WebP, GIF or BMP).")],
+) -> FileOut:
+    """Upload an input image; use its id as `image` in a run."""
+    st = state(request)
+    data = await file.read(st.settings.upload_max_bytes + 1)
+    if len(data) > st.settings.upload_max_bytes:
+        raise PayloadTooLarge(f"the file is larger than {st.settings.upload_max_bytes} bytes")
+    content_type = await run_in_threadpool(sniff_image, data)
+    name = (file.filename or "upload").rsplit("/", 1)[-1][:200] or "upload"
+
+    def store() -> StoredFile:
+        file_id = new_id("file")
+        staging = st.storage.staging_file(".upload")
+        try:
+            staging.write_bytes(data)
+            st.storage.put(staging, upload_key(file_id))
+        except BaseException:
+            st.storage.discard(staging)
+            raise
+        return st.store.add_file(
+            file_id=file_id,
+            owner=key.owner_id,
+            purpose="input",
+            key=upload_key(file_id),
+            filename=name,
+            content_type=content_type,
+            size_bytes=len(data),
+        )
+
+    return render_file(request, await run_in_threadpool(store))
+
+
+@router.get("/v1/files/{file_id}", tags=["files"], response_model=FileOut, responses=ERRORS)
+async def files_get(request: Request, file_id: str, key: Principal) -> FileOut:
+    """A file's details and a fresh signed download URL."""
+    stored = await run_in_threadpool(state(request).store.get_file, file_id, owner=key.owner_id)
+    return render_file(request, stored)
+
+
+@router.get(
+    "/files/{file_id}",
+    tags=["files"],
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"video/mp4": {}, "image/*": {}}},
+        206: {"description": "Partial content"},
+        403: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+    },
+)
+async def files_download(
+    request: Request,
+    file_id: str,
+    expires: Annotated[int, Query(description="Expiry (Unix time) from the signed URL.")],
+    signature: Annotated[str, Query(description="Signature from the signed URL.")],
+) -> FileResponse:
+    """Download a stored file through its signed URL (no key needed). Supports Range requests."""
+    st = state(request)
+    st.signer.check_file_signature(file_id, expires, signature)
+    stored = await run_in_threadpool(st.store.get_file, file_id)
+    path = st.storage.path_for(stored.key)
+    return FileResponse(
+        path,
+        media_type=stored.content_type,
+        filename=stored.filename,
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+# Operations --------------------------------------------------------------------------------------
+
+
+@router.get("/healthz", tags=["operations"], response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", tags=["operations"], response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: the database answers, storage is writable and the workers are alive."""
+    st = state(request)
+    checks: dict[str, str] = {}
+
+    def check() -> None:
+        try:
+            st.store.ping()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            staging = st.storage.staging_file(".ready")
+            st.storage.discard(staging)
+            checks["storage"] = "ok"
+        except OSError as exc:
+            checks["storage"] = f"error: {exc.strerror}"
+        checks["workers"] = "ok" if st.runner is None or st.runner.alive else "error: worker stopped"
+
+    await run_in_threadpool(check)
+    ready = all(v == "ok" for v in checks.values())
+    body = Health(status="ready" if ready else "not ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics."""
+    output = await run_in_threadpool(generate_latest, state(request).metrics.registry)
+    return PlainTextResponse(output, media_type=CONTENT_TYPE_LATEST)

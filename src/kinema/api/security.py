@@ -1,0 +1,83 @@
+"""Secrets of a running server: the signing secret, API key hashing, the bootstrap admin key, signed URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+from kinema.errors import Forbidden
+from kinema.settings import Settings
+from kinema.store.repo import TaskStore
+
+ADMIN_OWNER = "usr_admin"
+KEY_PREFIX = "kin_"
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The server secret: from settings, else read from (or created in) the data dir with mode 0600."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.data_dir / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return Path(path).read_text().strip().encode()
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """HMAC-SHA256 under the server secret: hashes API keys and signs file URLs."""
+
+    secret: bytes
+
+    def hash_key(self, key: str) -> str:
+        """A keyed hash of an API key (keys are random, so no slow KDF is needed; the secret adds pepper)."""
+        return hmac.new(self.secret, b"api-key:" + key.encode(), hashlib.sha256).hexdigest()
+
+    def _file_signature(self, file_id: str, expires: int) -> str:
+        message = f"file:{file_id}:{expires}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    def file_url(self, base_url: str, file_id: str, ttl_s: int) -> str:
+        """A download URL for a stored file that works without a key until it expires."""
+        expires = int(time.time()) + ttl_s
+        query = urlencode({"expires": expires, "signature": self._file_signature(file_id, expires)})
+        return f"{base_url.rstrip('/')}/files/{file_id}?{query}"
+
+    def check_file_signature(self, file_id: str, expires: int, signature: str) -> None:
+        """Raise Forbidden unless the signature is ours and has not expired (constant-time compare)."""
+        if not hmac.compare_digest(self._file_signature(file_id, expires), signature):
+            raise Forbidden("invalid signature for this file URL")
+        if expires < time.time():
+            raise Forbidden("this file URL has expired; fetch the task or file again for a fresh one")
+
+
+def ensure_admin_key(
+    store: TaskStore, signer: Signer, settings: Settings, announce: Callable[[str], None]
+) -> None:
+    """Make the bootstrap admin key valid: the configured one, or a new one printed once on first start."""
+    if settings.admin_key is not None:
+        key_hash = signer.hash_key(settings.admin_key.get_secret_value())
+        if store.find_key(key_hash) is None:
+            store.add_key(
+                owner=ADMIN_OWNER, name="admin (KINEMA_ADMIN_KEY)", key_hash=key_hash, is_admin=True
+            )
+        return
+    if store.has_admin_key():
+        return
+    key = new_api_key()
+    store.add_key(owner=ADMIN_OWNER, name="admin (generated)", key_hash=signer.hash_key(key), is_admin=True)
+    announce(key)

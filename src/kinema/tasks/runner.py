@@ -1,0 +1,229 @@
+"""The runner: worker threads that claim queued tasks from the store, run them and record the outcome.
+
+Model work runs in these threads, never on the API's event loop. Progress and log lines go into the
+store's event log (which SSE replays); cancellation arrives through the store too, so a cancel sent to any
+API process reaches the worker within one poll and stops the model within one denoising step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kinema.apps.registry import get_app
+from kinema.engines.base import CancelToken, ProgressEvent
+from kinema.engines.cache import WarmModels
+from kinema.errors import KinemaError, NotFound
+from kinema.settings import Settings
+from kinema.storage.local import LocalStorage
+from kinema.store.repo import TaskStore
+from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
+from kinema.tasks.worker import RunContext, prepare_input, run_task
+
+log = logging.getLogger(__name__)
+
+STAGE_MESSAGES = {
+    "load": "loading the model",
+    "encode_text": "encoding the prompt",
+    "denoise": "denoising",
+    "decode_video": "decoding video",
+    "decode_audio": "decoding audio",
+    "encode": "encoding the MP4",
+    "store": "storing the output",
+}
+
+
+def upload_key(file_id: str) -> str:
+    """Where an uploaded input file lives in storage."""
+    return f"uploads/{file_id}"
+
+
+def output_key(task_id: str) -> str:
+    return f"{task_id}.mp4"
+
+
+class Runner:
+    """In-process workers over a TaskStore. start() recovers orphaned tasks, then starts the threads."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        settings: Settings,
+        storage: LocalStorage,
+        warm: WarmModels,
+        *,
+        workers: int = 1,
+        poll_s: float = 0.5,
+        cancel_poll_s: float = 0.2,
+        on_finished: Callable[[Task], None] | None = None,
+    ) -> None:
+        self.store, self.settings, self.storage, self.warm = store, settings, storage, warm
+        self.workers = workers
+        self.poll_s, self.cancel_poll_s = poll_s, cancel_poll_s
+        self.on_finished = on_finished
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, CancelToken] = {}
+        self._lock = threading.Lock()
+
+    # Lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        recovered = self.store.recover_running(self.settings.task_max_attempts)
+        for task_id in recovered.requeued:
+            log.warning("task %s was left running by a stopped process; requeued", task_id)
+        for task_id in recovered.failed:
+            log.warning("task %s was left running too many times; marked failed", task_id)
+        for n in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"kinema-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.workers:
+            watcher = threading.Thread(target=self._watch_cancels, name="kinema-cancels", daemon=True)
+            watcher.start()
+            self._threads.append(watcher)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming work; interrupt running tasks (they go back to the queue) and join the threads."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            for token in self._running.values():
+                token.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+
+    @property
+    def alive(self) -> bool:
+        """Every worker thread is running (true when this process runs no workers)."""
+        return not self._stopping.is_set() and all(t.is_alive() for t in self._threads)
+
+    def wake(self) -> None:
+        """Tell idle workers that a task was queued."""
+        self._wake.set()
+
+    def cancel(self, task_id: str) -> None:
+        """Stop a task this process is running now (others learn of it from the store)."""
+        with self._lock:
+            token = self._running.get(task_id)
+        if token is not None:
+            token.cancel()
+
+    # Threads -------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                task = self.store.claim_next(self.id)
+            except Exception:
+                log.exception("could not claim a task; retrying")
+                task = None
+            if task is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                continue
+            try:
+                self._run(task)
+            except Exception:  # the task is failed below; the worker must survive
+                log.exception("worker error on task %s", task.id)
+                task.status = TaskStatus.failed
+                task.error = TaskError(code="internal_error", message="the worker failed; see the server log")
+                self._finish(task)
+
+    def _watch_cancels(self) -> None:
+        while not self._stopping.wait(self.cancel_poll_s):
+            with self._lock:
+                running = list(self._running)
+            try:
+                wanted = self.store.cancel_requested(running)
+            except Exception:
+                log.exception("could not read cancellations")
+                continue
+            for task_id in wanted:
+                self.cancel(task_id)
+
+    def _run(self, task: Task) -> None:
+        token = CancelToken()
+        with self._lock:
+            self._running[task.id] = token
+        try:
+            self.store.log(task.id, f"started on worker {self.id}")
+            result = self._execute(task, token)
+        finally:
+            with self._lock:
+                self._running.pop(task.id, None)
+        interrupted = result.status is TaskStatus.cancelled and self._stopping.is_set()
+        if interrupted and not self.store.cancel_requested([task.id]):
+            self.store.requeue(task.id)  # stopped by shutdown, not by a user: run it again on restart
+            return
+        self._finish(result)
+
+    def _execute(self, task: Task, token: CancelToken) -> Task:
+        try:
+            app = get_app(task.app)
+            raw = dict(task.input)
+            local = False
+            image = raw.get("image")
+            if isinstance(image, str) and image.startswith("file_"):
+                stored = self.store.get_file(image, owner=task.owner)
+                raw["image"], local = str(self.storage.path_for(stored.key)), True
+            prepared = prepare_input(app, raw, self.settings, allow_local_paths=local)
+        except NotFound as exc:
+            return self._failed(task, "invalid_input", f"image: {exc.message}")
+        except KinemaError as exc:
+            return self._failed(task, exc.code, exc.message)
+
+        last_stage: list[str] = []
+
+        def progress(event: ProgressEvent) -> None:
+            if not last_stage or last_stage[-1] != event.stage:
+                last_stage.append(event.stage)
+                self.store.log(task.id, STAGE_MESSAGES.get(event.stage, event.stage))
+            self.store.set_progress(
+                task.id, TaskProgress(stage=event.stage, step=event.step, total=event.total)
+            )
+
+        ctx = RunContext(
+            settings=self.settings, storage=self.storage, progress=progress, cancel=token, warm=self.warm
+        )
+        result = run_task(app, task.input, ctx, prepared=prepared, task=task)
+        if result.status is TaskStatus.completed and result.output_meta is not None:
+            stored = self.store.add_file(
+                owner=task.owner or "",
+                purpose="output",
+                key=output_key(task.id),
+                filename=f"{task.id}.mp4",
+                content_type="video/mp4",
+                size_bytes=result.output_meta.size_bytes,
+            )
+            result.output_file = stored.id
+            seconds = result.output_meta.timings.get("total", 0.0)
+            self.store.log(task.id, f"completed in {seconds:.2f} s")
+        return result
+
+    def _failed(self, task: Task, code: str, message: str) -> Task:
+        task.status, task.error, task.completed_at = (
+            TaskStatus.failed,
+            TaskError(code=code, message=message),
+            utcnow(),
+        )
+        return task
+
+    def _finish(self, task: Task) -> None:
+        if not self.store.finish(task) and task.output_file is not None:
+            log.warning("task %s ended elsewhere; discarding its output", task.id)
+            Path(self.storage.path_for(output_key(task.id))).unlink(missing_ok=True)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(task)
+            except Exception:
+                log.exception("on_finished hook failed")
