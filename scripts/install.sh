@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install kinema into ./.venv: the right torch wheel first (CUDA if an NVIDIA GPU is present, else CPU),
-# then kinema itself. `--dev` adds the test tools and FFmpeg's ffprobe (used by the tests).
+# then kinema itself. `--dev` adds the test tools, FFmpeg's ffprobe and PostgreSQL (used by the tests).
 #
 #   KINEMA_TORCH_SPEC      torch requirement to install (default: torch==2.13.0)
 #   KINEMA_TORCH_INDEX_URL extra index for torch wheels, e.g. https://download.pytorch.org/whl/cu128
@@ -46,13 +46,22 @@ if command -v nvidia-smi >/dev/null 2>&1; then extras="gpu"; fi
 if [ "$dev" = 1 ]; then extras="${extras:+$extras,}dev"; fi
 "${pip[@]}" install -q -e ".${extras:+[$extras]}"
 
-if [ "$dev" = 1 ] && ! command -v ffprobe >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
-  else
-    echo "warning: the tests need ffprobe; install FFmpeg (e.g. apt-get install ffmpeg)" >&2
+if [ "$dev" = 1 ]; then
+  # The tests read MP4s with ffprobe and start a throwaway PostgreSQL server from Debian's binaries.
+  need=()
+  command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt=(apt-get)
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then apt=(sudo env DEBIAN_FRONTEND=noninteractive apt-get); else apt=(); fi
+    fi
+    if [ ${#apt[@]} -gt 0 ]; then
+      "${apt[@]}" update -qq
+      DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "warning: the tests need ${need[*]}; install them (e.g. apt-get install ${need[*]})" >&2
+    fi
   fi
 fi
 echo "kinema installed: $(.venv/bin/kinema --help >/dev/null && echo .venv/bin/kinema)"

@@ -125,3 +125,176 @@ def png_data_uri(width: int, height: int, color: tuple[int, int, int] = (200, 30
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# Servers and databases ---------------------------------------------------------------------------
+
+ADMIN_KEY = "kin_test_admin_key"
+
+
+class LiveServer:
+    """The real ASGI app under uvicorn on a free loopback port, in a thread; stops itself on exit."""
+
+    def __init__(self, settings: Settings, warm: WarmModels) -> None:
+        import socket
+
+        import uvicorn
+
+        from kinema.api.app import create_app
+
+        self.settings = settings
+        self.announced: list[str] = []
+        self.app = create_app(settings, warm=warm, announce_key=self.announced.append)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread: Any = None
+
+    def start(self) -> LiveServer:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(30)
+        self.socket.close()
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.kinema
+
+    def client(self, key: str = ADMIN_KEY) -> Any:
+        import httpx
+
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def server_settings(settings: Settings, **overrides: Any) -> Settings:
+    """Settings for a test server: a known admin key, a fixed secret, short waits."""
+    from pydantic import SecretStr
+
+    values: dict[str, Any] = {
+        "admin_key": SecretStr(ADMIN_KEY),
+        "secret_key": SecretStr("test-secret"),
+        "run_wait_s": 60.0,
+    }
+    values.update(overrides)
+    return settings.model_copy(update=values)
+
+
+@pytest.fixture
+def live_server(settings: Settings, warm: WarmModels) -> Iterator[LiveServer]:
+    """A running kinema server on SQLite in the test's temp data dir."""
+    server = LiveServer(server_settings(settings), warm).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def api(live_server: LiveServer) -> Iterator[Any]:
+    """An httpx client for live_server, authenticated with the admin key."""
+    with live_server.client() as client:
+        yield client
+
+
+def _postgres_bindir() -> Path:
+    import glob
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    pytest.fail("PostgreSQL is required for the store tests: apt-get install postgresql (.ci/run does this)")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a loopback port (Debian's postgresql binaries), stopped at exit."""
+    import os
+    import socket
+    import tempfile
+
+    bindir = _postgres_bindir()
+    base = Path(tempfile.mkdtemp(prefix="kinema-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "kinema", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(base / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://kinema@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{postgres_server}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store suite runs on both databases kinema supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("postgres_url"))
