@@ -87,3 +87,11 @@ def test_hardware_request_falls_back_to_x264_without_nvenc(tmp_path: Path) -> No
     assert probe_video(path).video_codec == "h264"
     if not nvenc_available():
         assert probe_video(path).frames == 8
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "superfast", "medium"])
+def test_every_x264_preset_still_gives_high_profile(tmp_path: Path, preset: str) -> None:
+    path = tmp_path / "out.mp4"
+    options = EncodeOptions(preset=preset)
+    encode_mp4(path, _frames(12, 64, 48), width=64, height=48, fps=24, options=options)
+    assert_mp4(path, width=64, height=48, duration=0.5, fps=24, audio=False)

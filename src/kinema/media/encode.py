@@ -46,7 +46,13 @@ def _add_video_stream(
         stream.options = {"preset": "p4", "rc": "vbr", "cq": str(options.crf + 1), "profile": "high"}
     else:
         stream = container.add_stream("libx264", rate=fps)
-        stream.options = {"crf": str(options.crf), "preset": options.preset, "profile": "high"}
+        # The contract is High profile: keep CABAC and 8x8 transforms even on presets that drop them.
+        stream.options = {
+            "crf": str(options.crf),
+            "preset": options.preset,
+            "profile": "high",
+            "x264-params": "cabac=1:8x8dct=1",
+        }
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     ctx = stream.codec_context
     ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
