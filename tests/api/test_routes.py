@@ -244,3 +244,8 @@ def test_generated_admin_key_is_announced_once_and_works(settings: Settings, war
         assert key.encode() not in stored  # only its hash is kept
     finally:
         second.stop()
+
+
+def test_local_path_image_is_refused_by_the_server(api: httpx.Client) -> None:
+    error = error_of(api.post(TINY_RUN, json={"prompt": "x", "image": "/etc/passwd"}), 422)
+    assert "local paths" in error["message"] and error["details"][0]["field"] == "image"

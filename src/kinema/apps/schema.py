@@ -30,7 +30,8 @@ class VideoInput(BaseModel):
     prompt: Prompt = Field(description="What to generate; 1 to 4000 characters after trimming.")
     image: str | None = Field(
         default=None,
-        description="Reference / first frame: https:// URL or data: URI (the CLI also accepts a local path).",
+        description="Reference / first frame: https:// URL, data: URI or an uploaded file id (file_...); "
+        "the CLI also accepts a local path.",
     )
     resolution: Resolution = Field(default="720p", description="Output resolution.")
     aspect_ratio: AspectRatio | None = Field(

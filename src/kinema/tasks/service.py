@@ -12,12 +12,21 @@ from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner
 
 
+REMOTE_IMAGE_PREFIXES = ("https://", "http://", "data:", "file_")
+
+
 class TaskService:
     def __init__(self, store: TaskStore, runner: Runner | None) -> None:
         self.store, self.runner = store, runner
 
     def submit(self, app: App, input: VideoInput, *, owner: str) -> Task:
         """Queue a validated input; an uploaded image must exist and belong to the owner."""
+        if input.image is not None and not input.image.startswith(REMOTE_IMAGE_PREFIXES):
+            raise InvalidInput(
+                "image: must be an https:// URL, a data: URI or an uploaded file id (file_...); "
+                "local paths work only in the CLI's local mode",
+                details=[{"field": "image", "type": "image_reference", "message": "not a URL or file id"}],
+            )
         if input.image is not None and input.image.startswith("file_"):
             try:
                 self.store.get_file(input.image, owner=owner)
