@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         default=False, description="Allow image URLs on loopback/private networks (for tests only)."
     )
 
+    storage_dir: Path | None = Field(
+        default=None, description="Local storage for outputs and uploads (default: <data_dir>/outputs)."
+    )
+
     # Server (`kinema serve`)
     host: str = Field(default="127.0.0.1", description="Address `kinema serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `kinema serve` listens on.")
@@ -123,7 +127,8 @@ class Settings(BaseSettings):
 
     @property
     def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
+        """Where outputs and uploads are stored."""
+        return self.storage_dir or self.data_dir / "outputs"
 
     @property
     def models_dir(self) -> Path:
