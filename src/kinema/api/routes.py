@@ -80,6 +80,8 @@ async def json_body(content_type: Annotated[str | None, Header(include_in_schema
         raise UnsupportedMediaType(
             f"the body must be JSON (Content-Type: application/json), not {content_type.split(';')[0]}"
         )
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }

@@ -1,12 +1,15 @@
-"""The `kinema` command: run apps in-process with a progress bar, inspect apps, pull weights."""
+"""The `kinema` command: run apps here or on a server with a progress bar, follow tasks, pull weights."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,9 +17,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kinema.apps.registry import App, get_app, list_apps
+from kinema.apps.schema import OutputMeta
 from kinema.engines.base import ProgressEvent
 from kinema.errors import InvalidInput, KinemaError
 from kinema.settings import Settings
+from kinema.tasks.models import TaskStatus
+
+if TYPE_CHECKING:
+    from kinema.client import Client, Event
+    from kinema.client import Task as RemoteTask
+    from kinema.tasks.models import Task as LocalTask
 
 app = typer.Typer(
     help="kinema: text/image to video with synchronized audio, on your own machine.",
@@ -25,13 +35,18 @@ app = typer.Typer(
 )
 apps_cli = typer.Typer(help="List, inspect and run apps.", no_args_is_help=True)
 models_cli = typer.Typer(help="Manage model weights in the Hugging Face cache.", no_args_is_help=True)
+tasks_cli = typer.Typer(
+    help="Follow and manage tasks on a kinema server (--remote URL or KINEMA_API_URL).", no_args_is_help=True
+)
 app.add_typer(apps_cli, name="app")
 app.add_typer(models_cli, name="models")
+app.add_typer(tasks_cli, name="task")
 
 out = Console()
 err = Console(stderr=True)
 
 STAGE_LABELS = {
+    "queued": "queued on the server",
     "load": "loading model",
     "encode_text": "encoding text",
     "denoise": "denoising",
@@ -177,21 +192,50 @@ class StageProgress:
             self.progress.update(self.bar, description=label, total=None, steps="")
 
 
+RemoteOption = Annotated[
+    str | None,
+    typer.Option(
+        "--remote",
+        metavar="URL",
+        help="The kinema server to use (default: KINEMA_API_URL).",
+        show_default=False,
+    ),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="API key for the server (default: KINEMA_API_KEY, which keeps it out of `ps`).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the task as JSON.")]
+
+
 @apps_cli.command("run")
 def app_run(
     app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
     input_text: Annotated[str, typer.Option("--input", "-i", help="Input JSON, or @file.json.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the MP4 here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the task as JSON.")] = False,
+    as_json: JsonOption = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Run in this process even if KINEMA_API_URL is set.")
+    ] = False,
 ) -> None:
-    """Run an app in this process and write the MP4."""
+    """Run an app in this process (or on a server, with --remote or KINEMA_API_URL) and write the MP4."""
+    settings = Settings()
+    if not local and (remote or settings.api_url):
+        raw = parse_input_option(input_text)
+        run_remote(remote_client(remote, api_key, settings), app_id, raw, output, as_json)
+        return
     from kinema.storage.local import LocalStorage, copy_atomically
-    from kinema.tasks.models import TaskStatus
     from kinema.tasks.worker import RunContext, prepare_input, run_task
 
     a = lookup(app_id)
     raw = parse_input_option(input_text)
-    settings = Settings()
     try:
         prepared = prepare_input(a, raw, settings, allow_local_paths=True)
     except InvalidInput as exc:
@@ -224,11 +268,18 @@ def app_run(
     print_result(task, output or stored_path)
 
 
-def print_result(task: Any, path: Path) -> None:
-    meta = task.output_meta
-    out.print(f"[bold green]done[/] {path}")
+def print_result(task: LocalTask | RemoteTask, where: Path | str) -> None:
+    """The finished task's file (a path, or the URL of a remote task not downloaded) and facts."""
+    assert task.output_meta is not None
+    out.print(f"[bold green]done[/] {where}", highlight=False, soft_wrap=True)
     table = Table(show_header=False, box=None)
     table.add_row("task", task.id)
+    add_meta_rows(table, task.output_meta)
+    out.print(table)
+
+
+def add_meta_rows(table: Table, meta: OutputMeta) -> None:
+    """Rows for a completed task's OutputMeta: size, duration, audio, seed, cost, timings."""
     table.add_row("size", f"{meta.width}x{meta.height} ({meta.resolution}, {meta.aspect_ratio})")
     table.add_row("duration", f"{meta.duration:.3f} s, {meta.frames} frames at {meta.fps:g} fps")
     table.add_row("audio", f"{meta.audio_codec}" if meta.has_audio else "none")
@@ -239,7 +290,246 @@ def print_result(task: Any, path: Path) -> None:
         f"({meta.billing.billable_seconds} s at {meta.billing.rate_per_second}/s)",
     )
     table.add_row("timings", ", ".join(f"{k} {v:.2f}s" for k, v in meta.timings.items()))
+
+
+# Remote: a kinema server through kinema.Client --------------------------------------------------
+
+LOGS_IDLE_S = 1.0  # `task logs` without --follow stops once the server has been quiet this long
+USAGE_STATUSES = frozenset({400, 404, 413, 415, 422})
+
+
+def remote_client(remote: str | None, api_key: str | None, settings: Settings | None = None) -> Client:
+    """A client for --remote/--api-key, else KINEMA_API_URL/KINEMA_API_KEY; exit 2 when either is missing."""
+    from kinema.client import Client
+
+    settings = settings or Settings()
+    url = remote or settings.api_url
+    if not url:
+        raise fail("no kinema server given: pass --remote URL or set KINEMA_API_URL", 2)
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key:
+        raise fail(f"no API key for {url}: pass --api-key KEY or set KINEMA_API_KEY", 2)
+    try:
+        return Client(url, key)
+    except KinemaError as exc:
+        raise fail(exc.message, 2) from None
+
+
+@contextmanager
+def remote_errors() -> Iterator[None]:
+    """Turn the client's errors into one line on stderr: exit 2 for a wrong request, 1 otherwise."""
+    try:
+        yield
+    except KinemaError as exc:
+        raise fail(exc.message, 2 if exc.status in USAGE_STATUSES else 1) from None
+
+
+def show_event(progress: StageProgress, event: Event) -> None:
+    """Move the progress bar with one of the server's events."""
+    if event.progress is not None:
+        progress(ProgressEvent(event.progress.stage, event.progress.step, event.progress.total))
+    elif event.event == "status" and event.data.get("status") == "queued":
+        progress(ProgressEvent("queued"))
+
+
+def follow(client: Client, task_id: str) -> RemoteTask:
+    """Wait for a remote task with the same progress bar as a local run."""
+    with StageProgress(enabled=err.is_terminal) as progress:
+        return client.wait(task_id, on_event=lambda event: show_event(progress, event))
+
+
+def cancel_after_interrupt(client: Client, task_id: str) -> typer.Exit:
+    """Ctrl-C while following a run: cancel it on the server (asking first on a terminal)."""
+    wanted = True
+    if sys.stdin.isatty():
+        try:
+            wanted = typer.confirm(f"Cancel task {task_id} on the server?", default=True, err=True)
+        except typer.Abort:  # a second Ctrl-C: leave the task alone
+            wanted = False
+    if not wanted:
+        return fail(f"interrupted; task {task_id} keeps running (follow it: kinema task wait {task_id})", 130)
+    try:
+        task = client.cancel(task_id)
+    except KinemaError as exc:  # it ended meanwhile (409), or the server is gone
+        return fail(f"interrupted; could not cancel task {task_id}: {exc.message}", 130)
+    state = "cancelled" if task.status is TaskStatus.cancelled else "will stop at its next step"
+    return fail(f"interrupted; task {task_id} {state}", 130)
+
+
+def finish_remote(client: Client, task: RemoteTask, output: Path | None, as_json: bool) -> None:
+    """Report a finished remote task as a local run is reported, downloading the MP4 to output."""
+    if task.status is not TaskStatus.completed or task.output is None or task.output_meta is None:
+        if as_json:
+            out.print_json(task.model_dump_json())
+        error = task.error.message if task.error else task.status.value
+        raise fail(error, 1)
+    where: Path | str = task.output.video
+    if output is not None:
+        try:
+            where = client.download(task, output)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}", 1) from None
+    if as_json:
+        out.print_json(task.model_dump_json())
+        return
+    print_result(task, where)
+
+
+def run_remote(client: Client, app_id: str, raw: Any, output: Path | None, as_json: bool) -> None:
+    """`app run` on a server: submit, follow the events with a progress bar, download the MP4."""
+    if not isinstance(raw, dict):
+        raise fail("invalid input: expected a JSON object", 2)
+    with client, remote_errors():
+        try:
+            task = client.submit(app_id, raw)
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        try:
+            if err.is_terminal:
+                err.print(f"task {task.id} on {client.base_url}", style="dim", highlight=False)
+            task = follow(client, task.id)
+        except KeyboardInterrupt:
+            raise cancel_after_interrupt(client, task.id) from None
+        try:
+            finish_remote(client, task, output, as_json)
+        except KeyboardInterrupt:
+            raise fail("interrupted; nothing was written", 130) from None
+
+
+def local_time(moment: datetime | None, *, seconds: bool = True) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "")) if moment else ""
+
+
+def progress_text(task: RemoteTask) -> str:
+    if task.progress is None:
+        return ""
+    label = STAGE_LABELS.get(task.progress.stage, task.progress.stage)
+    return f"{label} {task.progress.step}/{task.progress.total}" if task.progress.total else label
+
+
+def print_task(task: RemoteTask) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("task", task.id)
+    table.add_row("app", f"{task.app} v{task.version}")
+    table.add_row("status", task.status.value)
+    table.add_row("created", local_time(task.created_at))
+    if task.completed_at:
+        table.add_row("finished", local_time(task.completed_at))
+    if task.progress and not task.finished:
+        table.add_row("progress", progress_text(task))
+    if task.error:
+        table.add_row("error", f"{task.error.message} ({task.error.code})")
+    if task.output_meta:
+        add_meta_rows(table, task.output_meta)
     out.print(table)
+    if task.output:
+        out.print(task.output.video, highlight=False, soft_wrap=True)
+
+
+@tasks_cli.command("get")
+def task_get(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOption = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Show a task: status, progress, error, output URL and facts."""
+    with remote_client(remote, api_key) as client, remote_errors():
+        task = client.get(task_id)
+    if as_json:
+        out.print_json(task.model_dump_json())
+        return
+    print_task(task)
+
+
+@tasks_cli.command("list")
+def task_list(
+    status: Annotated[
+        list[TaskStatus] | None, typer.Option("--status", "-s", help="Only this status (repeatable).")
+    ] = None,
+    app_id: Annotated[str | None, typer.Option("--app", metavar="OWNER/APP", help="Only this app.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Continue after a previous page.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List your tasks on the server, newest first."""
+    with remote_client(remote, api_key) as client, remote_errors():
+        page = client.list(status=status, app=app_id, limit=limit, cursor=cursor)
+    if as_json:
+        out.print_json(page.model_dump_json())
+        return
+    table = Table(box=None, pad_edge=False)
+    for header in ("task", "app", "status", "created", "duration", "cost"):
+        table.add_column(header, no_wrap=header in ("task", "status", "created"))
+    for task in page.data:
+        meta = task.output_meta
+        table.add_row(
+            task.id,
+            task.app,
+            task.status.value,
+            local_time(task.created_at, seconds=False),
+            f"{meta.duration:g} s" if meta else "",
+            f"{meta.billing.cost} {meta.billing.currency}" if meta else "",
+        )
+    out.print(table)
+    if page.next_cursor:
+        err.print(f"more: --cursor {page.next_cursor}", highlight=False, soft_wrap=True)
+
+
+@tasks_cli.command("cancel")
+def task_cancel(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOption = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a task: queued work never starts, running work stops at its next step."""
+    with remote_client(remote, api_key) as client, remote_errors():
+        task = client.cancel(task_id)
+    if as_json:
+        out.print_json(task.model_dump_json())
+    elif task.status is TaskStatus.cancelled:
+        out.print(f"task {task.id} cancelled", highlight=False)
+    else:
+        out.print(f"task {task.id}: cancellation requested; it stops at its next step", highlight=False)
+
+
+@tasks_cli.command("wait")
+def task_wait(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the MP4 here.")] = None,
+    as_json: JsonOption = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Follow a task with a progress bar until it ends, then download its MP4 with -o."""
+    with remote_client(remote, api_key) as client, remote_errors():
+        try:
+            task = follow(client, task_id)
+            finish_remote(client, task, output, as_json)
+        except KeyboardInterrupt:
+            raise fail(f"stopped waiting; task {task_id} keeps running on the server", 130) from None
+
+
+@tasks_cli.command("logs")
+def task_logs(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    follow_log: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the task ends.")
+    ] = False,
+    remote: RemoteOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Print a task's log lines; --follow keeps printing until the task ends."""
+    with remote_client(remote, api_key) as client, remote_errors():
+        try:
+            for event in client.stream(task_id, idle_timeout=None if follow_log else LOGS_IDLE_S):
+                if event.message is not None:
+                    out.print(event.message, highlight=False, markup=False, soft_wrap=True)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
 
 @models_cli.command("pull")
@@ -270,6 +560,7 @@ Configured by KINEMA_* environment variables (or a .env file); the options below
 
 
   KINEMA_DATA_DIR       data directory: SQLite task store, outputs, uploads (default ./kinema-data)
+  KINEMA_STORAGE_DIR    outputs and uploads (default <data dir>/outputs)
   KINEMA_DATABASE_URL   task store URL, e.g. postgresql+psycopg://user:pw@host/kinema (default: SQLite)
   KINEMA_ADMIN_KEY      the admin API key (default: generated on first start and printed once)
   KINEMA_SECRET_KEY     secret for signed URLs and key hashes (default: generated into the data dir)

@@ -11,7 +11,6 @@ from kinema.store.repo import TaskPage, TaskStore
 from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner
 
-
 REMOTE_IMAGE_PREFIXES = ("https://", "http://", "data:", "file_")
 
 
