@@ -206,6 +206,22 @@ def live_server(settings: Settings, warm: WarmModels) -> Iterator[LiveServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
+) -> Iterator[LiveServer]:
+    """One server per test module, for tests that only read finished tasks (the tiny model runs once)."""
+    data_dir = tmp_path_factory.mktemp("shared") / "data"
+    (data_dir / "models").mkdir(parents=True)
+    (data_dir / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    settings = Settings(data_dir=data_dir, device="cpu", _env_file=None)  # type: ignore[call-arg]
+    server = LiveServer(server_settings(settings), warm).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def api(live_server: LiveServer) -> Iterator[Any]:
     """An httpx client for live_server, authenticated with the admin key."""

@@ -16,11 +16,9 @@ import pytest
 
 from kinema import AsyncClient, Client
 from kinema.client import ApiError, ConnectionFailed, Event, Task, TaskPage, WaitTimeout
-from kinema.engines.cache import WarmModels
 from kinema.errors import InvalidInput
-from kinema.settings import Settings
 from kinema.tasks.models import TaskStatus
-from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4, png_data_uri, server_settings
+from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4, png_data_uri
 
 SMALL = {"prompt": "A red kite over a beach", "aspect_ratio": "1:1", "duration": 0.5}
 TINY = {"prompt": "A blink", "aspect_ratio": "1:1", "duration": 0.1}
@@ -84,22 +82,6 @@ def pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
     for sock in (source, sink):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
-) -> Iterator[LiveServer]:
-    """One server for the tests that only read finished tasks, so the tiny model runs once for all of them."""
-    data_dir = tmp_path_factory.mktemp("shared") / "data"
-    (data_dir / "models").mkdir(parents=True)
-    (data_dir / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
-    settings = Settings(data_dir=data_dir, device="cpu", _env_file=None)  # type: ignore[call-arg]
-    server = LiveServer(server_settings(settings), warm).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)

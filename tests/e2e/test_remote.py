@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 
 from kinema.client import Client, Task
-from kinema.engines.cache import WarmModels
-from kinema.settings import Settings
 from kinema.tasks.models import TaskStatus
-from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4, server_settings
+from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4
 
 KINEMA = str(Path(sys.executable).parent / "kinema")
 SMALL = {"prompt": "A lighthouse at dusk", "aspect_ratio": "1:1", "duration": 0.5}
@@ -47,22 +45,6 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
             return value
         time.sleep(0.05)
     pytest.fail(f"condition not met in {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
-) -> Iterator[LiveServer]:
-    """One server for the tests that only read a finished task, so the tiny model runs once for them."""
-    data_dir = tmp_path_factory.mktemp("shared") / "data"
-    (data_dir / "models").mkdir(parents=True)
-    (data_dir / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
-    settings = Settings(data_dir=data_dir, device="cpu", _env_file=None)  # type: ignore[call-arg]
-    server = LiveServer(server_settings(settings), warm).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
