@@ -130,3 +130,21 @@ class UnsupportedMediaType(KinemaError):
 class ServiceUnavailable(KinemaError):
     code = "unavailable"
     status = 503
+
+
+class InsufficientBalance(KinemaError):
+    """The account cannot cover the most this run could cost."""
+
+    code = "insufficient_balance"
+    status = 402
+
+
+class RateLimited(KinemaError):
+    """Too many requests for this key; retry after `retry_after` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int, details: object = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after

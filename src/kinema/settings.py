@@ -114,6 +114,31 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Times a task is started before a crash mid-task marks it failed."
     )
 
+    # Accounts, billing, limits, webhooks
+    billing_enabled: bool = Field(
+        default=False,
+        description="Hold the most a run can cost at submit and refuse it (402) without the balance; "
+        "off for a private install (usage is recorded either way).",
+    )
+    rate_limit: str | None = Field(
+        default=None, description='Requests per API key, e.g. "120/minute" (429 with Retry-After beyond).'
+    )
+    max_running_per_account: int | None = Field(
+        default=None, ge=1, description="Tasks one account may have running at once (others wait queued)."
+    )
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1, description="How long an Idempotency-Key lasts.")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs on loopback/private networks (tests, trusted LANs)."
+    )
+    webhook_retry_delays_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Waits between webhook attempts (the default retries for about 27 hours).",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Time a webhook receiver has to answer.")
+    webhook_poll_s: float = Field(
+        default=0.5, gt=0, description="How often the sender looks for due webhooks."
+    )
+
     # Client (`kinema app run --remote`, `kinema task ...`, kinema.Client)
     api_url: str | None = Field(
         default=None, description="A kinema server to send CLI work to instead of running in-process."

@@ -63,3 +63,20 @@ def bill(table: PriceTable, *, resolution: str, has_audio: bool, frames: int, fp
         cost=format_money(cost),
         currency=table.currency,
     )
+
+
+MICROS_PER_UNIT = 1_000_000
+
+
+def to_micros(amount: Decimal | str) -> int:
+    """An exact amount as integer micro-units (the ledger's unit); more than six decimals is an error."""
+    value = Decimal(amount)
+    micros = value * MICROS_PER_UNIT
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{amount} has more than six decimal places")
+    return int(micros)
+
+
+def from_micros(micros: int) -> Decimal:
+    """Integer micro-units back to an exact decimal amount."""
+    return Decimal(micros) / MICROS_PER_UNIT

@@ -123,7 +123,9 @@ class Runner:
     def _work(self) -> None:
         while not self._stopping.is_set():
             try:
-                task = self.store.claim_next(self.id)
+                task = self.store.claim_next(
+                    self.id, max_running_per_owner=self.settings.max_running_per_account
+                )
             except Exception:
                 log.exception("could not claim a task; retrying")
                 task = None
@@ -144,6 +146,7 @@ class Runner:
             with self._lock:
                 running = list(self._running)
             try:
+                self.store.expire_deadlines()  # Cancel-After: flags running tasks, ends queued ones
                 wanted = self.store.cancel_requested(running)
             except Exception:
                 log.exception("could not read cancellations")
