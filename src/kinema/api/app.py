@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from kinema.api.errors import BodySizeLimit, install_error_handlers
 from kinema.api.metrics import HttpLatency, Metrics
-from kinema.api.routes import ServerState, router
-from kinema.api.security import Signer, ensure_admin_key, load_secret
+from kinema.api.routes import ServerState, router, task_out
+from kinema.api.security import RequestLimiter, Signer, ensure_admin_key, load_secret
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
@@ -20,6 +20,7 @@ from kinema.store.db import migrate, open_engine
 from kinema.store.repo import TaskStore
 from kinema.tasks.runner import Runner
 from kinema.tasks.service import TaskService
+from kinema.tasks.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +55,38 @@ def create_app(
         ensure_admin_key(store, signer, settings, announce_key)
         storage = LocalStorage(settings.outputs_dir)
         runner = None
-        if settings.workers > 0:
+        if settings.workers > 0 or settings.remote_workers > 0:
             cache = warm or WARM_MODELS
             cache.capacity = settings.warm_models
             runner = Runner(
                 store, settings, storage, cache, workers=settings.workers, on_finished=metrics.task_finished
             )
         metrics.bind(store)
-        app.state.kinema = ServerState(
+        state = ServerState(
             settings=settings,
             store=store,
             storage=storage,
             signer=signer,
-            service=TaskService(store, runner),
+            service=TaskService(store, runner, settings),
             runner=runner,
             metrics=metrics,
+            limiter=RequestLimiter(settings.rate_limit) if settings.rate_limit else None,
+        )
+        app.state.kinema = state
+        public = settings.public_url or f"http://{settings.host}:{settings.port}"
+        sender = WebhookSender(
+            store,
+            settings,
+            render=lambda task: task_out(state, public, task).model_dump(mode="json"),
+            secret_for=signer.webhook_secret,
         )
         if runner is not None:
             runner.start()
+        sender.start()
         try:
             yield
         finally:
+            sender.stop()
             if runner is not None:
                 runner.stop()
             engine.dispose()

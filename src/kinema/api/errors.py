@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kinema.errors import KinemaError
+from kinema.errors import KinemaError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KinemaError)
     async def kinema_error(_request: Request, exc: KinemaError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -122,6 +124,8 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            if int(declared) <= DRAIN_MAX_BYTES:  # read it first, so the client sees the 413, not a reset
+                await _drain(receive)
             await _send_413(send, limit)
             return
         received = 0
@@ -147,6 +151,16 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await _send_413(send, limit)
+
+
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _send_413(send: Send, limit: int) -> None:

@@ -47,6 +47,10 @@ class AppSummary(BaseModel):
     version: str
     title: str
     description: str
+    available: bool = Field(default=True, description="Whether this server can run the app now.")
+    unavailable_reason: str | None = Field(
+        default=None, description="Why not, and how to fix it (e.g. the provider API key is not set)."
+    )
 
 
 class AppList(BaseModel):
@@ -65,7 +69,13 @@ class AppDetail(BaseModel):
     input_schema: dict[str, Any]
     pricing: dict[str, Any]
     examples: list[dict[str, Any]]
-    weights: str
+    weights: str | None = Field(description="The model weights (local apps); null for provider apps.")
+    engine: str = Field(description="`local` (a model on this server's GPU) or `remote` (a provider's API).")
+    provider: dict[str, Any] | None = Field(
+        default=None, description="For remote apps: the provider, which of its APIs and which model it calls."
+    )
+    available: bool = Field(default=True, description="Whether this server can run the app now.")
+    unavailable_reason: str | None = Field(default=None, description="Why not, and how to fix it.")
 
 
 class FileOut(BaseModel):
@@ -81,3 +91,111 @@ class FileOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Money(BaseModel):
+    amount: str = Field(description="Exact decimal amount.")
+    currency: str
+
+
+class UsageOut(BaseModel):
+    app: str
+    day: str = Field(description="UTC date, YYYY-MM-DD.")
+    tasks: int
+    cost: str
+
+
+class MeOut(BaseModel):
+    """Your account: balance and holds from the ledger, and usage by app and day (last 30 days)."""
+
+    id: str
+    name: str
+    is_admin: bool
+    billing_enabled: bool
+    currency: str
+    balance: str
+    held: str = Field(description="Reserved by queued and running tasks.")
+    available: str = Field(description="balance - held: what new runs can use.")
+    usage: list[UsageOut]
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str | None = Field(description="The key's first characters, to recognise it.")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret key: shown only in this response; store it now.")
+
+
+class KeyList(BaseModel):
+    data: list[KeyOut]
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(default="default", min_length=1, max_length=120)
+
+
+class WebhookAttemptOut(BaseModel):
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    created_at: datetime
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="The webhook-id header of every attempt.")
+    event: str
+    url: str
+    status: str = Field(description="pending | delivered | failed")
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    history: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryList(BaseModel):
+    data: list[WebhookDeliveryOut]
+
+
+class WebhookSecret(BaseModel):
+    key: str = Field(description="Standard Webhooks secret (whsec_...) that signs your webhooks.")
+
+
+class UserCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.@-]+$")
+    is_admin: bool = False
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    is_admin: bool
+    created_at: datetime
+
+
+class UserCreated(UserOut):
+    key: str = Field(description="The new user's first API key, shown only now.")
+
+
+class UserList(BaseModel):
+    data: list[UserOut]
+
+
+class CreditIn(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    amount: str = Field(
+        pattern=r"^-?\d{1,12}(\.\d{1,6})?$", description='Exact decimal, e.g. "25.00" (negative to debit).'
+    )
+    note: str | None = Field(default=None, max_length=500)

@@ -8,7 +8,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
@@ -21,18 +21,50 @@ from starlette.concurrency import run_in_threadpool
 
 from kinema.api.errors import ErrorBody
 from kinema.api.metrics import Metrics
-from kinema.api.models import AppDetail, AppList, AppSummary, FileOut, Health, TaskLinks, TaskList, TaskOut
-from kinema.api.security import Signer
+from kinema.api.models import (
+    AppDetail,
+    AppList,
+    AppSummary,
+    CreditIn,
+    FileOut,
+    Health,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    MeOut,
+    TaskLinks,
+    TaskList,
+    TaskOut,
+    UsageOut,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserOut,
+    WebhookAttemptOut,
+    WebhookDeliveryList,
+    WebhookDeliveryOut,
+    WebhookSecret,
+)
+from kinema.api.security import RequestLimiter, Signer, key_prefix, new_api_key
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import VideoInput, VideoOutput
-from kinema.errors import AppNotFound, BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from kinema.billing.pricing import from_micros, to_micros
+from kinema.errors import (
+    AppNotFound,
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from kinema.media.images import ACCEPTED_FORMATS
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import ApiKey, StoredFile, TaskStore, new_id
+from kinema.store.repo import AccountSummary, ApiKey, ApiKeyInfo, StoredFile, TaskStore, User, new_id
 from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner, upload_key
-from kinema.tasks.service import TaskService
+from kinema.tasks.service import RunOptions, TaskService
 
 SSE_POLL_S = 0.2
 WAIT_POLL_S = 0.1
@@ -49,6 +81,8 @@ class ServerState:
     service: TaskService
     runner: Runner | None
     metrics: Metrics
+    limiter: RequestLimiter | None = None
+    key_touched: dict[str, float] = field(default_factory=dict)
 
 
 def state(request: Request) -> ServerState:
@@ -68,10 +102,25 @@ async def principal(
     key = await run_in_threadpool(st.store.find_key, st.signer.hash_key(credentials.credentials))
     if key is None:
         raise Unauthorized("invalid API key")
+    if st.limiter is not None:
+        st.limiter.hit(key.id)
+    now = time.monotonic()
+    if now - st.key_touched.get(key.id, -KEY_TOUCH_EVERY_S) >= KEY_TOUCH_EVERY_S:
+        st.key_touched[key.id] = now  # last_used_at is written at most once a minute per key
+        await run_in_threadpool(st.store.touch_key, key.id)
+    return key
+
+
+async def admin(key: Annotated[ApiKey, Depends(principal)]) -> ApiKey:
+    """Only admin keys pass (403 for others)."""
+    if not key.is_admin:
+        raise Forbidden("this route needs an admin API key")
     return key
 
 
 Principal = Annotated[ApiKey, Depends(principal)]
+Admin = Annotated[ApiKey, Depends(admin)]
+KEY_TOUCH_EVERY_S = 60.0
 
 
 async def json_body(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
@@ -83,7 +132,7 @@ async def json_body(content_type: Annotated[str | None, Header(include_in_schema
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 413, 415, 422, 429, 503)
 }
 
 
@@ -92,8 +141,12 @@ def base_url(request: Request) -> str:
 
 
 def render_task(request: Request, task: Task) -> TaskOut:
-    st = state(request)
-    base = base_url(request).rstrip("/")
+    return task_out(state(request), base_url(request), task)
+
+
+def task_out(st: ServerState, base: str, task: Task) -> TaskOut:
+    """A task as the API shows it, with a fresh signed output URL under base."""
+    base = base.rstrip("/")
     output = None
     if task.output_file is not None:
         output = VideoOutput(video=st.signer.file_url(base, task.output_file, st.settings.signed_url_ttl_s))
@@ -181,13 +234,40 @@ def add_run_route(app_def: App) -> None:
         prefer: Annotated[
             str | None, Header(description="`respond-async` answers 202 at once; `wait=N` waits N seconds.")
         ] = None,
+        webhook: Annotated[
+            str | None, Query(description="URL to POST task events to (Standard Webhooks signatures).")
+        ] = None,
+        webhook_events_filter: Annotated[
+            list[str] | None,
+            Query(description="Which events to send: start, progress, completed (repeatable; default all)."),
+        ] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(max_length=255, description="Retries with the same key and body return the same task."),
+        ] = None,
+        cancel_after: Annotated[
+            str | None, Header(description="Cancel the task if it has not finished after this long, e.g. 5m.")
+        ] = None,
     ) -> JSONResponse:
         st = state(request)
-        task = await run_in_threadpool(st.service.submit, app_def, body, owner=key.owner_id)
+        app_def.check_input(body, st.settings)  # 503 without a provider's key, 422 for what its key refuses
+        options = RunOptions(
+            webhook=webhook,
+            webhook_events=tuple(webhook_events_filter) if webhook_events_filter else None,
+            cancel_after=cancel_after,
+            idempotency_key=idempotency_key,
+        )
+        submission = await run_in_threadpool(
+            st.service.submit, app_def, body, owner=key.owner_id, options=options
+        )
+        task = submission.task
         seconds = wait_seconds(wait, prefer, st.settings.run_wait_s)
         if seconds > 0:
             task = await wait_for(request, task, seconds)
-        return task_response(request, task, 200 if task.status.finished else 202)
+        response = task_response(request, task, 200 if task.status.finished else 202)
+        if submission.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
 
     run.__annotations__["body"] = app_def.input_model
     router.add_api_route(
@@ -216,20 +296,28 @@ async def run_unknown_app(owner: str, name: str, key: Principal) -> None:
 
 
 @router.get("/v1/apps", tags=["apps"], response_model=AppList, responses=ERRORS)
-async def apps_list(key: Principal) -> AppList:
-    """The catalogue of apps."""
+async def apps_list(request: Request, key: Principal) -> AppList:
+    """The catalogue of apps, each saying whether this server can run it (and if not, why)."""
+    settings = state(request).settings
     return AppList(
         data=[
-            AppSummary(id=a.id, version=a.version, title=a.title, description=a.description)
+            AppSummary(
+                id=a.id,
+                version=a.version,
+                title=a.title,
+                description=a.description,
+                available=a.availability(settings).available,
+                unavailable_reason=a.availability(settings).reason,
+            )
             for a in list_apps()
         ]
     )
 
 
 @router.get("/v1/apps/{owner}/{name}", tags=["apps"], response_model=AppDetail, responses=ERRORS)
-async def apps_get(owner: str, name: str, key: Principal) -> AppDetail:
-    """One app: input JSON Schema with defaults and bounds, pricing, examples."""
-    return AppDetail.model_validate(get_app(f"{owner}/{name}").describe())
+async def apps_get(request: Request, owner: str, name: str, key: Principal) -> AppDetail:
+    """One app: input JSON Schema with defaults and bounds, pricing, examples, availability here."""
+    return AppDetail.model_validate(get_app(f"{owner}/{name}").describe(state(request).settings))
 
 
 # Tasks -------------------------------------------------------------------------------------------
@@ -417,6 +505,159 @@ async def files_download(
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=3600"},
     )
+
+
+# Accounts, keys, webhooks ------------------------------------------------------------------------
+
+
+def money(micros: int) -> str:
+    return f"{from_micros(micros):f}"
+
+
+def me_out(st: ServerState, summary: AccountSummary) -> MeOut:
+    """The account as /v1/me shows it."""
+    return MeOut(
+        id=summary.user.id,
+        name=summary.user.name,
+        is_admin=summary.user.is_admin,
+        billing_enabled=st.settings.billing_enabled,
+        currency="USD",
+        balance=money(summary.balance.balance_micros),
+        held=money(summary.balance.held_micros),
+        available=money(summary.balance.available_micros),
+        usage=[
+            UsageOut(app=u.app, day=u.day, tasks=u.tasks, cost=money(u.cost_micros)) for u in summary.usage
+        ],
+    )
+
+
+@router.get("/v1/me", tags=["account"], response_model=MeOut, responses=ERRORS)
+async def me(request: Request, key: Principal) -> MeOut:
+    """Your account: balance, holds and usage by app and day, all derived from the ledger."""
+    st = state(request)
+    summary = await run_in_threadpool(st.store.account, key.owner_id)
+    return me_out(st, summary)
+
+
+def key_out(info: ApiKeyInfo) -> KeyOut:
+    return KeyOut(
+        id=info.id,
+        name=info.name,
+        prefix=info.prefix,
+        created_at=info.created_at,
+        last_used_at=info.last_used_at,
+        revoked_at=info.revoked_at,
+    )
+
+
+def create_key(st: ServerState, owner: str, name: str) -> tuple[str, ApiKeyInfo]:
+    secret = new_api_key()
+    info = st.store.add_key(
+        owner=owner, name=name, key_hash=st.signer.hash_key(secret), prefix=key_prefix(secret)
+    )
+    return secret, info
+
+
+@router.get("/v1/keys", tags=["account"], response_model=KeyList, responses=ERRORS)
+async def keys_list(request: Request, key: Principal) -> KeyList:
+    """Your API keys (never their secrets)."""
+    infos = await run_in_threadpool(state(request).store.list_keys, key.owner_id)
+    return KeyList(data=[key_out(i) for i in infos])
+
+
+@router.post("/v1/keys", tags=["account"], status_code=201, response_model=KeyCreated, responses=ERRORS)
+async def keys_create(request: Request, key: Principal, body: KeyCreate) -> KeyCreated:
+    """Make a new API key for your account; the secret is in this response only."""
+    secret, info = await run_in_threadpool(create_key, state(request), key.owner_id, body.name)
+    return KeyCreated(**key_out(info).model_dump(), key=secret)
+
+
+@router.delete("/v1/keys/{key_id}", tags=["account"], response_model=KeyOut, responses=ERRORS)
+async def keys_revoke(request: Request, key_id: str, key: Principal) -> KeyOut:
+    """Revoke one of your keys; it stops working at once."""
+    info = await run_in_threadpool(state(request).store.revoke_key, key.owner_id, key_id)
+    return key_out(info)
+
+
+@router.get("/v1/webhooks/secret", tags=["account"], response_model=WebhookSecret, responses=ERRORS)
+async def webhooks_secret(request: Request, key: Principal) -> WebhookSecret:
+    """The secret your webhooks are signed with (verify with any Standard Webhooks library)."""
+    return WebhookSecret(key=state(request).signer.webhook_secret(key.owner_id))
+
+
+@router.get(
+    "/v1/tasks/{task_id}/webhooks", tags=["tasks"], response_model=WebhookDeliveryList, responses=ERRORS
+)
+async def tasks_webhooks(request: Request, task_id: str, key: Principal) -> WebhookDeliveryList:
+    """Every webhook delivery of a task and each attempt: status code, error, timing."""
+    deliveries = await run_in_threadpool(state(request).store.task_webhooks, task_id, owner=key.owner_id)
+    return WebhookDeliveryList(
+        data=[
+            WebhookDeliveryOut(
+                id=d.id,
+                event=d.event,
+                url=d.url,
+                status=d.status,
+                attempts=d.attempts,
+                next_attempt_at=d.next_attempt_at,
+                created_at=d.created_at,
+                delivered_at=d.delivered_at,
+                history=[WebhookAttemptOut(**vars(a)) for a in d.history],
+            )
+            for d in deliveries
+        ]
+    )
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at)
+
+
+@router.get("/v1/admin/users", tags=["admin"], response_model=UserList, responses={403: {"model": ErrorBody}})
+async def admin_users(request: Request, key: Admin) -> UserList:
+    """Every account (admin only)."""
+    users = await run_in_threadpool(state(request).store.list_users)
+    return UserList(data=[user_out(u) for u in users])
+
+
+@router.post(
+    "/v1/admin/users",
+    tags=["admin"],
+    status_code=201,
+    response_model=UserCreated,
+    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def admin_create_user(request: Request, key: Admin, body: UserCreate) -> UserCreated:
+    """Create an account and its first API key (admin only)."""
+    st = state(request)
+
+    def create() -> tuple[User, str]:
+        user = st.store.create_user(body.name, is_admin=body.is_admin)
+        secret, _ = create_key(st, user.id, "first key")
+        return user, secret
+
+    user, secret = await run_in_threadpool(create)
+    return UserCreated(**user_out(user).model_dump(), key=secret)
+
+
+@router.post(
+    "/v1/admin/users/{user}/credit",
+    tags=["admin"],
+    response_model=MeOut,
+    responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+)
+async def admin_credit(request: Request, user: str, key: Admin, body: CreditIn) -> MeOut:
+    """Add (or with a negative amount, remove) credit; returns the account after the entry (admin only)."""
+    st = state(request)
+
+    def credit() -> str:
+        account = st.store.get_user(user)
+        st.store.credit(account.id, to_micros(body.amount), note=body.note)
+        return account.id
+
+    account_id = await run_in_threadpool(credit)
+    summary = await run_in_threadpool(st.store.account, account_id)
+    return me_out(st, summary)
 
 
 # Operations --------------------------------------------------------------------------------------

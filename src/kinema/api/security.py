@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from kinema.errors import Forbidden
+from kinema.errors import Forbidden, RateLimited
 from kinema.settings import Settings
 from kinema.store.repo import TaskStore
 
@@ -47,6 +49,11 @@ class Signer:
         """A keyed hash of an API key (keys are random, so no slow KDF is needed; the secret adds pepper)."""
         return hmac.new(self.secret, b"api-key:" + key.encode(), hashlib.sha256).hexdigest()
 
+    def webhook_secret(self, owner: str) -> str:
+        """The account's Standard Webhooks signing secret (whsec_...), derived: nothing secret is stored."""
+        raw = hmac.new(self.secret, b"webhook-secret:" + owner.encode(), hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(raw).decode()
+
     def _file_signature(self, file_id: str, expires: int) -> str:
         message = f"file:{file_id}:{expires}".encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
@@ -65,19 +72,61 @@ class Signer:
             raise Forbidden("this file URL has expired; fetch the task or file again for a fresh one")
 
 
+def key_prefix(key: str) -> str:
+    """The first characters of a key, kept in clear so a user can tell their keys apart."""
+    return key[:12]
+
+
 def ensure_admin_key(
     store: TaskStore, signer: Signer, settings: Settings, announce: Callable[[str], None]
 ) -> None:
-    """Make the bootstrap admin key valid: the configured one, or a new one printed once on first start."""
+    """Make the admin account and its bootstrap key valid: the configured key, or a new one printed once."""
+    store.ensure_user(ADMIN_OWNER, "admin", is_admin=True)
     if settings.admin_key is not None:
-        key_hash = signer.hash_key(settings.admin_key.get_secret_value())
+        secret = settings.admin_key.get_secret_value()
+        key_hash = signer.hash_key(secret)
         if store.find_key(key_hash) is None:
             store.add_key(
-                owner=ADMIN_OWNER, name="admin (KINEMA_ADMIN_KEY)", key_hash=key_hash, is_admin=True
+                owner=ADMIN_OWNER,
+                name="admin (KINEMA_ADMIN_KEY)",
+                key_hash=key_hash,
+                is_admin=True,
+                prefix=key_prefix(secret),
             )
         return
     if store.has_admin_key():
         return
     key = new_api_key()
-    store.add_key(owner=ADMIN_OWNER, name="admin (generated)", key_hash=signer.hash_key(key), is_admin=True)
+    store.add_key(
+        owner=ADMIN_OWNER,
+        name="admin (generated)",
+        key_hash=signer.hash_key(key),
+        is_admin=True,
+        prefix=key_prefix(key),
+    )
     announce(key)
+
+
+class RequestLimiter:
+    """Requests per API key in a moving window (the `limits` library, in this process's memory)."""
+
+    def __init__(self, spec: str) -> None:
+        from limits import parse
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.spec = spec
+        self.item = parse(spec)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def hit(self, key_id: str) -> None:
+        """Count a request; RateLimited (429) with Retry-After when the key is over its rate."""
+        if self.limiter.hit(self.item, key_id):
+            return
+        stats = self.limiter.get_window_stats(self.item, key_id)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(
+            f"too many requests for this API key (limit {self.spec}); retry in {retry_after} s",
+            retry_after=retry_after,
+            details={"limit": self.spec, "retry_after": retry_after},
+        )

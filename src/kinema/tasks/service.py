@@ -2,24 +2,82 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from kinema.apps.registry import App
 from kinema.apps.schema import VideoInput
-from kinema.errors import InvalidInput, NotFound
-from kinema.store.repo import TaskPage, TaskStore
+from kinema.apps.sizing import plan_frames
+from kinema.billing.pricing import bill, to_micros
+from kinema.errors import BadRequest, InvalidInput, NotFound
+from kinema.settings import Settings
+from kinema.store.repo import Submission, TaskPage, TaskStore, utcnow
+from kinema.store.webhooks import WEBHOOK_EVENTS
 from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner
+from kinema.tasks.webhooks import check_webhook_url
 
 REMOTE_IMAGE_PREFIXES = ("https://", "http://", "data:", "file_")
 
 
-class TaskService:
-    def __init__(self, store: TaskStore, runner: Runner | None) -> None:
-        self.store, self.runner = store, runner
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+TEMPORAL_MULTIPLE = 8  # LTX-2 generates 8k+1 frames; the delivered count is what is billed
 
-    def submit(self, app: App, input: VideoInput, *, owner: str) -> Task:
-        """Queue a validated input; an uploaded image must exist and belong to the owner."""
+
+def parse_duration(text: str) -> timedelta:
+    """A Cancel-After value: seconds ("90") or units ("30s", "5m", "1h30m", "250ms"); BadRequest otherwise."""
+    value = text.strip().lower()
+    try:
+        if value and value.replace(".", "", 1).isdigit():
+            seconds = float(value)
+        else:
+            parts = DURATION_PART.findall(value)
+            if not parts or "".join(n + u for n, u in parts) != value:
+                raise ValueError(value)
+            seconds = sum(float(n) * UNIT_SECONDS[u] for n, u in parts)
+    except ValueError:
+        raise BadRequest(f"Cancel-After {text!r} is not a duration such as 90, 30s, 5m or 1h30m") from None
+    if seconds <= 0 or seconds > 7 * 24 * 3600:
+        raise BadRequest("Cancel-After must be more than 0 and at most 7 days")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run request adds to its input: webhook, deadline, idempotency."""
+
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] | None = None
+    cancel_after: str | None = None
+    idempotency_key: str | None = None
+
+
+def max_cost_micros(app: App, input: VideoInput) -> int:
+    """The most a run can cost: the app's price for every requested frame at the requested configuration."""
+    frames = plan_frames(input.duration, app.fps, TEMPORAL_MULTIPLE).frames
+    billing = bill(
+        app.pricing, resolution=input.resolution, has_audio=input.generate_audio, frames=frames, fps=app.fps
+    )
+    return to_micros(billing.cost)
+
+
+class TaskService:
+    def __init__(self, store: TaskStore, runner: Runner | None, settings: Settings) -> None:
+        self.store, self.runner, self.settings = store, runner, settings
+
+    def submit(
+        self, app: App, input: VideoInput, *, owner: str, options: RunOptions | None = None
+    ) -> Submission:
+        """Queue a validated input with its hold, webhook, deadline and idempotency key.
+
+        An uploaded image must exist and belong to the owner; a webhook must point at a public address.
+        """
+        options = options or RunOptions()
         if input.image is not None and not input.image.startswith(REMOTE_IMAGE_PREFIXES):
             raise InvalidInput(
                 "image: must be an https:// URL, a data: URI or an uploaded file id (file_...); "
@@ -34,15 +92,34 @@ class TaskService:
                     f"image: no uploaded file {input.image!r}",
                     details=[{"field": "image", "type": "file_not_found", "message": "no such file"}],
                 ) from None
-        task = self.store.create_task(
+        events = list(options.webhook_events) if options.webhook_events else None
+        if events is not None and (unknown := sorted(set(events) - set(WEBHOOK_EVENTS))):
+            raise InvalidInput(f"webhook_events_filter: unknown events {unknown}; use {list(WEBHOOK_EVENTS)}")
+        if options.webhook is not None:
+            check_webhook_url(options.webhook, allow_private=self.settings.webhook_allow_private)
+        deadline: datetime | None = None
+        if options.cancel_after is not None:
+            deadline = utcnow() + parse_duration(options.cancel_after)
+        body = input.model_dump(mode="json", exclude_none=True)
+        request = {"app": app.id, "input": body, "webhook": options.webhook, "events": events,
+                   "cancel_after": options.cancel_after}  # fmt: skip
+        submission = self.store.submit(
             owner=owner,
             app=app.id,
             version=app.version,
-            input=input.model_dump(mode="json", exclude_none=True),
+            input=body,
+            hold_micros=max_cost_micros(app, input) if self.settings.billing_enabled else None,
+            currency=app.pricing.currency,
+            webhook_url=options.webhook,
+            webhook_events=events,
+            deadline_at=deadline,
+            idempotency_key=options.idempotency_key,
+            request_hash=hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest(),
+            idempotency_ttl_s=self.settings.idempotency_ttl_s,
         )
-        if self.runner is not None:
+        if self.runner is not None and not submission.replayed:
             self.runner.wake()
-        return task
+        return submission
 
     def get(self, task_id: str, *, owner: str) -> Task:
         return self.store.get_task(task_id, owner=owner)
