@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install kinema into ./.venv: the right torch wheel first (CUDA if an NVIDIA GPU is present, else CPU),
-# then kinema itself. `--dev` adds the test tools, FFmpeg's ffprobe and PostgreSQL (used by the tests).
+# then kinema itself. `--dev` adds the test tools, FFmpeg's ffprobe, PostgreSQL and Chromium (used by the tests).
 #
 #   KINEMA_TORCH_SPEC      torch requirement to install (default: torch==2.13.0)
 #   KINEMA_TORCH_INDEX_URL extra index for torch wheels, e.g. https://download.pytorch.org/whl/cu128
@@ -47,10 +47,12 @@ if [ "$dev" = 1 ]; then extras="${extras:+$extras,}dev"; fi
 "${pip[@]}" install -q -e ".${extras:+[$extras]}"
 
 if [ "$dev" = 1 ]; then
-  # The tests read MP4s with ffprobe and start a throwaway PostgreSQL server from Debian's binaries.
+  # The tests read MP4s with ffprobe, start a throwaway PostgreSQL server from Debian's binaries and drive
+  # Debian's Chromium with Playwright for the playground (no browser download).
   need=()
   command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     apt=(apt-get)
     if [ "$(id -u)" != 0 ]; then

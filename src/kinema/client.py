@@ -27,6 +27,9 @@ import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from kinema.api.models import KeyCreated as NewApiKey
+from kinema.api.models import KeyOut as ApiKeyInfo
+from kinema.api.models import MeOut as Account
 from kinema.apps.schema import OutputMeta, VideoOutput
 from kinema.errors import Conflict, InvalidInput, KinemaError
 from kinema.tasks.models import TaskError, TaskProgress, TaskStatus
@@ -155,6 +158,8 @@ class AppSummary(BaseModel):
     version: str
     title: str
     description: str
+    available: bool = True
+    unavailable_reason: str | None = None
 
 
 class AppDetail(AppSummary):
@@ -167,7 +172,9 @@ class AppDetail(AppSummary):
     input_schema: dict[str, Any]
     pricing: dict[str, Any]
     examples: list[dict[str, Any]]
-    weights: str
+    weights: str | None = None
+    engine: str = "local"
+    provider: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -634,6 +641,27 @@ class Client:
         path = run_path(app).removesuffix("/run")
         return AppDetail.model_validate_json(self._request("GET", path).content)
 
+    # Account -------------------------------------------------------------------------------------
+
+    def me(self) -> Account:
+        """Your account: balance, holds and usage by app and day."""
+        return Account.model_validate_json(self._request("GET", "/v1/me").content)
+
+    def keys(self) -> builtins.list[ApiKeyInfo]:
+        """Your API keys (never their secrets)."""
+        body = self._request("GET", "/v1/keys").json()
+        return [ApiKeyInfo.model_validate(k) for k in body["data"]]
+
+    def create_key(self, name: str = "default") -> NewApiKey:
+        """A new API key; its secret is in the result only this once."""
+        return NewApiKey.model_validate_json(self._request("POST", "/v1/keys", json={"name": name}).content)
+
+    def revoke_key(self, key_id: str) -> ApiKeyInfo:
+        """Revoke one of your keys."""
+        return ApiKeyInfo.model_validate_json(
+            self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}").content
+        )
+
 
 # The asynchronous client -------------------------------------------------------------------------
 
@@ -873,3 +901,22 @@ class AsyncClient:
         """One app's input schema, pricing and examples."""
         path = run_path(app).removesuffix("/run")
         return AppDetail.model_validate_json((await self._request("GET", path)).content)
+
+    async def me(self) -> Account:
+        """Your account: balance, holds and usage by app and day."""
+        return Account.model_validate_json((await self._request("GET", "/v1/me")).content)
+
+    async def keys(self) -> builtins.list[ApiKeyInfo]:
+        """Your API keys (never their secrets)."""
+        body = (await self._request("GET", "/v1/keys")).json()
+        return [ApiKeyInfo.model_validate(k) for k in body["data"]]
+
+    async def create_key(self, name: str = "default") -> NewApiKey:
+        """A new API key; its secret is in the result only this once."""
+        response = await self._request("POST", "/v1/keys", json={"name": name})
+        return NewApiKey.model_validate_json(response.content)
+
+    async def revoke_key(self, key_id: str) -> ApiKeyInfo:
+        """Revoke one of your keys."""
+        response = await self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
+        return ApiKeyInfo.model_validate_json(response.content)

@@ -148,3 +148,64 @@ class RateLimited(KinemaError):
     def __init__(self, message: str, *, retry_after: int, details: object = None) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
+
+
+class AppUnavailable(KinemaError):
+    """The app cannot run on this server as configured, e.g. a provider app without its API key."""
+
+    code = "app_unavailable"
+    status = 503
+
+
+class ProviderError(KinemaError):
+    """An outside provider (Google's Veo) failed the work; the subclass's code says how."""
+
+    code = "provider_error"
+    status = 502
+
+
+class ProviderAuthFailed(ProviderError):
+    """The provider refused the API key, or the key may not use the model."""
+
+    code = "provider_auth_failed"
+
+
+class ProviderQuotaExceeded(ProviderError):
+    """The provider's quota or rate limit for this key is used up."""
+
+    code = "provider_quota_exceeded"
+    status = 429
+
+
+class ProviderInvalidArgument(ProviderError):
+    """The provider refused the request's arguments (kinema checks what it can before calling)."""
+
+    code = "provider_invalid_argument"
+    status = 422
+
+
+class ProviderSafetyBlocked(ProviderError):
+    """The provider's safety filters blocked the prompt, the image or the generated video."""
+
+    code = "provider_safety_blocked"
+    status = 422
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached or failed on its side."""
+
+    code = "provider_unavailable"
+    status = 503
+
+
+class ProviderTimeout(ProviderError):
+    """The provider did not finish within the configured deadline."""
+
+    code = "provider_timeout"
+    status = 504
+
+
+class ProviderBadOutput(ProviderError):
+    """The provider's file is missing, unreadable, or lacks what was asked for (e.g. the audio track)."""
+
+    code = "provider_bad_output"

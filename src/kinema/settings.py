@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,7 +13,11 @@ class Settings(BaseSettings):
     """kinema's settings; every field is overridable as KINEMA_<FIELD> (nested: KINEMA_A__B)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="KINEMA_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+        env_prefix="KINEMA_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,  # Settings(google_api_key=...) works for fields that also read other env names
     )
 
     data_dir: Path = Field(
@@ -137,6 +141,46 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Time a webhook receiver has to answer.")
     webhook_poll_s: float = Field(
         default=0.5, gt=0, description="How often the sender looks for due webhooks."
+    )
+
+    # Remote apps (google/veo-3-1-fast, google/veo-3-1): the provider runs the model with your key
+    remote_workers: int = Field(
+        default=4,
+        ge=0,
+        description="Worker threads `kinema serve` runs for provider apps (no GPU; several wait at once).",
+    )
+    google_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KINEMA_GOOGLE_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY"),
+        description="Your Google API key for the Veo apps (also read from the SDK's GOOGLE_API_KEY or "
+        "GEMINI_API_KEY); never logged or stored with tasks.",
+    )
+    google_vertexai: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("KINEMA_GOOGLE_VERTEXAI", "GOOGLE_GENAI_USE_VERTEXAI"),
+        description="The key is a Vertex AI (express mode) key: call Vertex AI instead of the Gemini API.",
+    )
+    google_base_url: str | None = Field(
+        default=None, description="Send Google API calls here instead of Google's endpoint (a proxy, a fake)."
+    )
+    google_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Google model id per app, e.g. {"google/veo-3-1-fast": "veo-3.1-fast-generate-001"}.',
+    )
+    google_request_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long one HTTP call to Google may take (submit, poll)."
+    )
+    google_download_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long downloading a finished video from Google may take."
+    )
+    google_poll_initial_s: float = Field(
+        default=5.0, gt=0, description="First wait before asking Google whether a video is ready."
+    )
+    google_poll_max_s: float = Field(
+        default=20.0, gt=0, description="Longest wait between polls (the wait grows 1.5x per poll)."
+    )
+    google_deadline_s: float = Field(
+        default=900.0, gt=0, description="Total time a Veo run may take before it fails as provider_timeout."
     )
 
     # Client (`kinema app run --remote`, `kinema task ...`, kinema.Client)

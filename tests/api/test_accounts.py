@@ -277,3 +277,13 @@ def test_webhook_to_a_private_address_is_refused_unless_allowed(api: httpx.Clien
     bad_event = api.post(TINY_RUN, params=params, json=SMALL)
     assert bad_event.status_code == 422
     assert api.get("/v1/tasks").json()["data"] == []
+
+
+def test_with_billing_off_runs_need_no_balance_and_charge_nothing(api: httpx.Client) -> None:
+    me = api.get("/v1/me").json()
+    assert me["billing_enabled"] is False and me["balance"] == "0"
+    task = api.post(TINY_RUN, json=SMALL).json()
+    assert task["status"] == "completed"
+    assert task["output_meta"]["billing"]["cost"] == "0.05"  # the price is shown, not charged
+    me = api.get("/v1/me").json()
+    assert (me["balance"], me["held"], me["usage"]) == ("0", "0", [])

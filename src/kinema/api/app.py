@@ -21,6 +21,7 @@ from kinema.store.repo import TaskStore
 from kinema.tasks.runner import Runner
 from kinema.tasks.service import TaskService
 from kinema.tasks.webhooks import WebhookSender
+from kinema.web.playground import install_playground
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    install_playground(app)
     app.add_middleware(HttpLatency, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,

@@ -46,7 +46,7 @@ from kinema.api.models import (
     WebhookDeliveryOut,
     WebhookSecret,
 )
-from kinema.api.security import RequestLimiter, Signer, key_prefix, new_api_key
+from kinema.api.security import RequestLimiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import VideoInput, VideoOutput
 from kinema.billing.pricing import from_micros, to_micros
@@ -550,14 +550,6 @@ def key_out(info: ApiKeyInfo) -> KeyOut:
     )
 
 
-def create_key(st: ServerState, owner: str, name: str) -> tuple[str, ApiKeyInfo]:
-    secret = new_api_key()
-    info = st.store.add_key(
-        owner=owner, name=name, key_hash=st.signer.hash_key(secret), prefix=key_prefix(secret)
-    )
-    return secret, info
-
-
 @router.get("/v1/keys", tags=["account"], response_model=KeyList, responses=ERRORS)
 async def keys_list(request: Request, key: Principal) -> KeyList:
     """Your API keys (never their secrets)."""
@@ -568,7 +560,8 @@ async def keys_list(request: Request, key: Principal) -> KeyList:
 @router.post("/v1/keys", tags=["account"], status_code=201, response_model=KeyCreated, responses=ERRORS)
 async def keys_create(request: Request, key: Principal, body: KeyCreate) -> KeyCreated:
     """Make a new API key for your account; the secret is in this response only."""
-    secret, info = await run_in_threadpool(create_key, state(request), key.owner_id, body.name)
+    st = state(request)
+    secret, info = await run_in_threadpool(issue_key, st.store, st.signer, key.owner_id, body.name)
     return KeyCreated(**key_out(info).model_dump(), key=secret)
 
 
@@ -633,7 +626,7 @@ async def admin_create_user(request: Request, key: Admin, body: UserCreate) -> U
 
     def create() -> tuple[User, str]:
         user = st.store.create_user(body.name, is_admin=body.is_admin)
-        secret, _ = create_key(st, user.id, "first key")
+        secret, _ = issue_key(st.store, st.signer, user.id, "first key")
         return user, secret
 
     user, secret = await run_in_threadpool(create)

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from kinema.errors import Forbidden, RateLimited
 from kinema.settings import Settings
-from kinema.store.repo import TaskStore
+from kinema.store.repo import ApiKeyInfo, TaskStore
 
 ADMIN_OWNER = "usr_admin"
 KEY_PREFIX = "kin_"
@@ -75,6 +75,13 @@ class Signer:
 def key_prefix(key: str) -> str:
     """The first characters of a key, kept in clear so a user can tell their keys apart."""
     return key[:12]
+
+
+def issue_key(store: TaskStore, signer: Signer, owner: str, name: str) -> tuple[str, ApiKeyInfo]:
+    """A new key for owner: the secret (to show once) and what is stored about it (its hash, its prefix)."""
+    secret = new_api_key()
+    info = store.add_key(owner=owner, name=name, key_hash=signer.hash_key(secret), prefix=key_prefix(secret))
+    return secret, info
 
 
 def ensure_admin_key(

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kinema.apps.schema import VideoInput, input_model_for
+from kinema.apps.sizing import ALL_ASPECT_RATIOS, AspectRatio
+from kinema.apps.veo import (
+    VEO_ASPECT_RATIOS,
+    VEO_FPS,
+    VeoInput,
+    check_veo_input,
+    google_api,
+    missing_key_reason,
+)
 from kinema.billing.pricing import PriceTable
 from kinema.engines.sampling import DISTILLED_SIGMAS, LTX2Sampling
-from kinema.errors import AppNotFound
+from kinema.errors import AppNotFound, AppUnavailable
+from kinema.settings import Settings
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A model an outside provider runs with the user's own key: the provider and its model ids."""
+
+    provider: str  # "google"
+    gemini_model: str  # the id on Google's Gemini API
+    vertex_model: str  # the id on Vertex AI
+
+    def model_id(self, app_id: str, settings: Settings) -> str:
+        """The provider's model id for this server: settings.google_models overrides the default."""
+        if app_id in settings.google_models:
+            return settings.google_models[app_id]
+        return self.vertex_model if google_api(settings) == "vertex" else self.gemini_model
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether an app can run on this server as configured, and if not, why."""
+
+    available: bool
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -21,28 +55,67 @@ class App:
     title: str
     description: str
     input_model: type[VideoInput]
-    sampling: LTX2Sampling
-    default_weights: str  # a Hugging Face model id, or "builtin:tiny"
+    # A local app has sampling and weights (LTX-2 on this machine); a remote app has a provider model.
+    sampling: LTX2Sampling | None = None
+    default_weights: str | None = None  # a Hugging Face model id, or "builtin:tiny"
+    remote: RemoteModel | None = None
     fps: int = 24
     pricing: PriceTable = field(default_factory=PriceTable)
     notes: tuple[str, ...] = ()
     examples: tuple[dict[str, Any], ...] = ()
     approx_download_gb: float | None = None
+    aspect_ratios: tuple[AspectRatio, ...] = ALL_ASPECT_RATIOS
+    # Checks that depend on this server's configuration, run before any work (and before a provider call).
+    input_rules: Callable[[VideoInput, Settings], None] | None = None
+
+    def __post_init__(self) -> None:
+        local = self.sampling is not None and self.default_weights is not None
+        if local == (self.remote is not None):
+            raise ValueError(f"app {self.id}: give either sampling and default_weights, or remote")
 
     @property
     def id(self) -> str:
         return f"{self.owner}/{self.name}"
 
     @property
+    def is_remote(self) -> bool:
+        """The model runs at an outside provider: no GPU, no weights, no torch in this process."""
+        return self.remote is not None
+
+    @property
     def is_builtin(self) -> bool:
-        return self.default_weights.startswith("builtin:")
+        return self.default_weights is not None and self.default_weights.startswith("builtin:")
 
     def input_schema(self) -> dict[str, Any]:
         """The input model as JSON Schema."""
         return self.input_model.model_json_schema()
 
-    def describe(self) -> dict[str, Any]:
-        """The app's public description: schema, defaults, pricing, notes, examples (CLI and API)."""
+    def availability(self, settings: Settings) -> Availability:
+        """Whether this server can run the app (a provider app needs its API key)."""
+        if self.remote is not None and self.remote.provider == "google" and settings.google_api_key is None:
+            return Availability(False, missing_key_reason())
+        return Availability(True)
+
+    def check_input(self, validated: VideoInput, settings: Settings) -> None:
+        """Refuse what this server cannot run, before any work: AppUnavailable (503) or InvalidInput (422)."""
+        availability = self.availability(settings)
+        if not availability.available:
+            raise AppUnavailable(f"{self.id} cannot run here: it {availability.reason}")
+        if self.input_rules is not None:
+            self.input_rules(validated, settings)
+
+    def describe(self, settings: Settings | None = None) -> dict[str, Any]:
+        """The app's public description: schema, defaults, pricing, notes, examples (CLI and API).
+
+        With settings, it also says whether this server can run the app and which provider model it calls.
+        """
+        availability = self.availability(settings) if settings is not None else Availability(True)
+        provider = None
+        if self.remote is not None:
+            provider = {"name": self.remote.provider}
+            if settings is not None:
+                provider["api"] = google_api(settings)
+                provider["model"] = self.remote.model_id(self.id, settings)
         return {
             "id": self.id,
             "owner": self.owner,
@@ -64,6 +137,10 @@ class App:
             },
             "examples": list(self.examples),
             "weights": self.default_weights,
+            "engine": "remote" if self.is_remote else "local",
+            "provider": provider,
+            "available": availability.available,
+            "unavailable_reason": availability.reason,
         }
 
 
@@ -124,7 +201,55 @@ TINY = App(
     examples=({"prompt": "smoke test", "duration": 1.0},),
 )
 
-APPS: dict[str, App] = {app.id: app for app in (LTX2_FAST, LTX2_FULL, TINY)}
+_VEO_NOTES = (
+    "Runs on Google's servers with your own Google API key (KINEMA_GOOGLE_API_KEY); no GPU needed here. "
+    "Google bills your Google account for each run; kinema's price table is separate.",
+    "Google renders 16:9 or 9:16, 4, 6 or 8 seconds, and 1080p or 4K only at 8 seconds; other requests are "
+    "refused (422) before any call.",
+    "A cancelled run stops kinema waiting; Google may still finish, and bill, the video.",
+)
+_VEO_EXAMPLES: tuple[dict[str, Any], ...] = (
+    {"prompt": "A drone shot rising over a foggy forest at sunrise", "generate_audio": True},
+    {"prompt": "The camera slowly zooms out", "image": "./landscape.jpg", "duration": 6},
+)
+
+VEO_3_1_FAST = App(
+    owner="google",
+    name="veo-3-1-fast",
+    version="3.1-fast",
+    title="Veo 3.1 Fast (Google)",
+    description="Google's Veo 3.1 Fast, run by Google with your own API key: text/image-to-video with audio.",
+    input_model=VeoInput,
+    remote=RemoteModel(
+        provider="google",
+        gemini_model="veo-3.1-fast-generate-preview",
+        vertex_model="veo-3.1-fast-generate-001",
+    ),
+    fps=VEO_FPS,
+    notes=_VEO_NOTES,
+    examples=_VEO_EXAMPLES,
+    aspect_ratios=VEO_ASPECT_RATIOS,
+    input_rules=check_veo_input,
+)
+
+VEO_3_1 = App(
+    owner="google",
+    name="veo-3-1",
+    version="3.1",
+    title="Veo 3.1 (Google)",
+    description="Google's Veo 3.1 (standard quality tier), run by Google with your own API key.",
+    input_model=VeoInput,
+    remote=RemoteModel(
+        provider="google", gemini_model="veo-3.1-generate-preview", vertex_model="veo-3.1-generate-001"
+    ),
+    fps=VEO_FPS,
+    notes=_VEO_NOTES,
+    examples=_VEO_EXAMPLES,
+    aspect_ratios=VEO_ASPECT_RATIOS,
+    input_rules=check_veo_input,
+)
+
+APPS: dict[str, App] = {app.id: app for app in (LTX2_FAST, LTX2_FULL, TINY, VEO_3_1_FAST, VEO_3_1)}
 DEFAULT_APP = LTX2_FAST.id
 
 

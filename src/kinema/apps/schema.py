@@ -109,6 +109,8 @@ class OutputMeta(BaseModel):
     video_codec: str
     audio_codec: str | None
     size_bytes: int
-    seed: int
+    seed: int | None = Field(
+        description="The seed used; null when the provider takes none (Veo via the Gemini API)."
+    )
     timings: dict[str, float]
     billing: Billing

@@ -23,14 +23,15 @@ def output_size(resolution: Resolution, aspect_ratio: AspectRatio) -> tuple[int,
     return short_side, short_side
 
 
-def nearest_aspect_ratio(width: int, height: int) -> AspectRatio:
-    """The supported aspect ratio closest to an image's, compared on a log scale."""
+ALL_ASPECT_RATIOS: tuple[AspectRatio, ...] = ("16:9", "9:16", "1:1")
+
+
+def nearest_aspect_ratio(
+    width: int, height: int, choices: tuple[AspectRatio, ...] = ALL_ASPECT_RATIOS
+) -> AspectRatio:
+    """The aspect ratio among `choices` closest to an image's, compared on a log scale."""
     ratio = math.log(width / height)
-    best: AspectRatio = "16:9"
-    for name in ("16:9", "9:16", "1:1"):
-        if abs(math.log(ASPECT_RATIOS[name]) - ratio) < abs(math.log(ASPECT_RATIOS[best]) - ratio):
-            best = name  # type: ignore[assignment]
-    return best
+    return min(choices, key=lambda name: abs(math.log(ASPECT_RATIOS[name]) - ratio))
 
 
 def generation_size(width: int, height: int, *, multiple: int, max_pixels: int | None) -> tuple[int, int]:

@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import OutputMeta
+from kinema.cli.accounts import admin_cli, keys_cli
+from kinema.cli.common import (
+    ApiKeyOption,
+    RemoteOption,
+    err,
+    fail,
+    local_time,
+    out,
+    remote_client,
+    remote_errors,
+)
 from kinema.engines.base import ProgressEvent
 from kinema.errors import InvalidInput, KinemaError
 from kinema.settings import Settings
@@ -41,9 +48,8 @@ tasks_cli = typer.Typer(
 app.add_typer(apps_cli, name="app")
 app.add_typer(models_cli, name="models")
 app.add_typer(tasks_cli, name="task")
-
-out = Console()
-err = Console(stderr=True)
+app.add_typer(keys_cli, name="keys")
+app.add_typer(admin_cli, name="admin")
 
 STAGE_LABELS = {
     "queued": "queued on the server",
@@ -54,13 +60,10 @@ STAGE_LABELS = {
     "decode_audio": "decoding audio",
     "encode": "encoding MP4",
     "store": "storing",
+    "submit": "sending to the provider",
+    "generate": "generating at the provider",
+    "download": "downloading the provider's video",
 }
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a one-line error to stderr and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def lookup(app_id: str) -> App:
@@ -109,17 +112,28 @@ def quiet_libraries() -> None:
 def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the available apps."""
     apps = list_apps()
+    settings = Settings()
     if as_json:
         out.print_json(
             data=[
-                {"id": a.id, "version": a.version, "title": a.title, "description": a.description}
+                {
+                    "id": a.id,
+                    "version": a.version,
+                    "title": a.title,
+                    "description": a.description,
+                    "available": a.availability(settings).available,
+                    "unavailable_reason": a.availability(settings).reason,
+                }
                 for a in apps
             ]
         )
         return
-    table = Table("app", "version", "description")
+    table = Table("app", "version", "description", "available")
     for a in apps:
-        table.add_row(a.id, a.version, a.description)
+        availability = a.availability(settings)
+        table.add_row(
+            a.id, a.version, a.description, "yes" if availability.available else f"no: {availability.reason}"
+        )
     out.print(table)
 
 
@@ -130,11 +144,13 @@ def app_show(
 ) -> None:
     """Show an app's input schema, defaults and pricing."""
     a = lookup(app_id)
-    info = a.describe()
+    info = a.describe(Settings())
     if as_json:
         out.print_json(data=info)
         return
     out.print(f"[bold]{a.id}[/] v{a.version} — {a.title}\n{a.description}")
+    if not info["available"]:
+        out.print(f"[bold red]unavailable:[/] {info['unavailable_reason']}", highlight=False)
     for note in a.notes:
         out.print(f"[yellow]note:[/] {note}")
     schema = info["input_schema"]
@@ -145,7 +161,7 @@ def app_show(
             str(o.get("type") or o.get("enum") or o.get("const")) for o in prop.get("anyOf", [])
         )
         if "enum" in prop:
-            kind = " | ".join(prop["enum"])
+            kind = " | ".join(str(choice) for choice in prop["enum"])
         default = "required" if name in required else json.dumps(prop.get("default"))
         table.add_row(name, str(kind), default, prop.get("description", ""))
     out.print(table)
@@ -153,7 +169,11 @@ def app_show(
     for key, value in info["pricing"]["per_second"].items():
         prices.add_row(key, value)
     out.print(prices)
-    out.print(f"weights: {a.default_weights}")
+    if info["provider"] is not None:
+        provider = info["provider"]
+        out.print(f"provider: {provider['name']} ({provider.get('api')} API), model {provider.get('model')}")
+    else:
+        out.print(f"weights: {a.default_weights}")
 
 
 class StageProgress:
@@ -192,24 +212,6 @@ class StageProgress:
             self.progress.update(self.bar, description=label, total=None, steps="")
 
 
-RemoteOption = Annotated[
-    str | None,
-    typer.Option(
-        "--remote",
-        metavar="URL",
-        help="The kinema server to use (default: KINEMA_API_URL).",
-        show_default=False,
-    ),
-]
-ApiKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        metavar="KEY",
-        help="API key for the server (default: KINEMA_API_KEY, which keeps it out of `ps`).",
-        show_default=False,
-    ),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the task as JSON.")]
 
 
@@ -240,7 +242,8 @@ def app_run(
         prepared = prepare_input(a, raw, settings, allow_local_paths=True)
     except InvalidInput as exc:
         raise fail(exc.message, 2) from None
-    quiet_libraries()
+    if not a.is_remote:  # a provider app never imports torch/diffusers, so has none of their chatter
+        quiet_libraries()
     from kinema.engines.cache import WARM_MODELS
 
     WARM_MODELS.capacity = settings.warm_models  # sized once, from settings, for this process
@@ -295,33 +298,6 @@ def add_meta_rows(table: Table, meta: OutputMeta) -> None:
 # Remote: a kinema server through kinema.Client --------------------------------------------------
 
 LOGS_IDLE_S = 1.0  # `task logs` without --follow stops once the server has been quiet this long
-USAGE_STATUSES = frozenset({400, 404, 413, 415, 422})
-
-
-def remote_client(remote: str | None, api_key: str | None, settings: Settings | None = None) -> Client:
-    """A client for --remote/--api-key, else KINEMA_API_URL/KINEMA_API_KEY; exit 2 when either is missing."""
-    from kinema.client import Client
-
-    settings = settings or Settings()
-    url = remote or settings.api_url
-    if not url:
-        raise fail("no kinema server given: pass --remote URL or set KINEMA_API_URL", 2)
-    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
-    if not key:
-        raise fail(f"no API key for {url}: pass --api-key KEY or set KINEMA_API_KEY", 2)
-    try:
-        return Client(url, key)
-    except KinemaError as exc:
-        raise fail(exc.message, 2) from None
-
-
-@contextmanager
-def remote_errors() -> Iterator[None]:
-    """Turn the client's errors into one line on stderr: exit 2 for a wrong request, 1 otherwise."""
-    try:
-        yield
-    except KinemaError as exc:
-        raise fail(exc.message, 2 if exc.status in USAGE_STATUSES else 1) from None
 
 
 def show_event(progress: StageProgress, event: Event) -> None:
@@ -394,10 +370,6 @@ def run_remote(client: Client, app_id: str, raw: Any, output: Path | None, as_js
             finish_remote(client, task, output, as_json)
         except KeyboardInterrupt:
             raise fail("interrupted; nothing was written", 130) from None
-
-
-def local_time(moment: datetime | None, *, seconds: bool = True) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "")) if moment else ""
 
 
 def progress_text(task: RemoteTask) -> str:
@@ -540,6 +512,9 @@ def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> 
 
     a = lookup(app_id)
     settings = Settings()
+    if a.default_weights is None:
+        out.print(f"{a.id} runs on the provider's servers; there are no weights to download")
+        return
     source = settings.model_paths.get(a.id, a.default_weights)
     if source.startswith("builtin:") or is_local_source(source):
         path = weights_dir(a, settings)
@@ -565,7 +540,9 @@ Configured by KINEMA_* environment variables (or a .env file); the options below
   KINEMA_ADMIN_KEY      the admin API key (default: generated on first start and printed once)
   KINEMA_SECRET_KEY     secret for signed URLs and key hashes (default: generated into the data dir)
   KINEMA_PUBLIC_URL     base URL clients use, for signed links (default: the request's host)
-  KINEMA_WORKERS        worker threads in this process (default 1; 0 = API only)
+  KINEMA_WORKERS        worker threads for local models (default 1, one per GPU)
+  KINEMA_REMOTE_WORKERS worker threads for provider apps such as Veo (default 4; both 0 = API only)
+  KINEMA_GOOGLE_API_KEY your Google key for the Veo apps (or GOOGLE_API_KEY / GEMINI_API_KEY)
   KINEMA_RUN_WAIT_S     how long POST .../run waits before answering 202 (default 60)
   KINEMA_SIGNED_URL_TTL_S  lifetime of signed file URLs in seconds (default 3600)
   KINEMA_UPLOAD_MAX_BYTES, KINEMA_REQUEST_MAX_BYTES  body size limits

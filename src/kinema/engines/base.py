@@ -61,6 +61,11 @@ class CancelToken:
         if self._event.is_set():
             raise Cancelled("the task was cancelled")
 
+    def sleep(self, seconds: float) -> None:
+        """Wait up to `seconds`, raising Cancelled as soon as the task is cancelled (for polling loops)."""
+        if self._event.wait(max(0.0, seconds)):
+            raise Cancelled("the task was cancelled")
+
 
 @dataclass
 class GeneratedClip:

@@ -500,9 +500,10 @@ class TaskStore:
         with self.session() as session:
             self._event(session, task_id, "log", {"message": message})
 
-    def finish(self, task: Task) -> bool:
+    def finish(self, task: Task, *, charge: bool = True) -> bool:
         """Record a running task's end state, settle its money and queue its webhook, in one transaction.
 
+        A completed task is charged its output_meta.billing cost when charge is true (billing switched on).
         False if it was no longer running (nothing is written, nothing is charged).
         """
         now = utcnow()
@@ -530,14 +531,15 @@ class TaskStore:
                 row = session.get(TaskRow, task.id, populate_existing=True)
                 assert row is not None
                 billing = task.output_meta.billing if task.output_meta else None
-                charge = to_micros(billing.cost) if billing and task.status is TaskStatus.completed else None
+                completed = charge and billing is not None and task.status is TaskStatus.completed
+                amount = to_micros(billing.cost) if completed and billing is not None else None
                 self._ended(
                     session,
                     row,
                     task.status,
                     error,
                     now,
-                    charge=charge,
+                    charge=amount,
                     currency=billing.currency if billing else "USD",
                 )
             return bool(done)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kinema.apps.registry import get_app
+from kinema.apps.registry import get_app, list_apps
 from kinema.engines.base import CancelToken, ProgressEvent
 from kinema.engines.cache import WarmModels
 from kinema.errors import KinemaError, NotFound
@@ -58,12 +58,18 @@ class Runner:
         warm: WarmModels,
         *,
         workers: int = 1,
+        remote_workers: int | None = None,
         poll_s: float = 0.5,
         cancel_poll_s: float = 0.2,
         on_finished: Callable[[Task], None] | None = None,
     ) -> None:
         self.store, self.settings, self.storage, self.warm = store, settings, storage, warm
+        # Two pools: `workers` threads (one per GPU) run local models; `remote_workers` threads run provider
+        # apps, which only wait on the network. Without a remote pool the GPU workers take every app.
         self.workers = workers
+        self.remote_workers = settings.remote_workers if remote_workers is None else remote_workers
+        self.local_apps = [app.id for app in list_apps() if not app.is_remote]
+        self.remote_apps = [app.id for app in list_apps() if app.is_remote]
         self.poll_s, self.cancel_poll_s = poll_s, cancel_poll_s
         self.on_finished = on_finished
         self.id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -81,11 +87,17 @@ class Runner:
             log.warning("task %s was left running by a stopped process; requeued", task_id)
         for task_id in recovered.failed:
             log.warning("task %s was left running too many times; marked failed", task_id)
-        for n in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"kinema-worker-{n}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        if self.workers:
+        local_apps = self.local_apps if self.remote_workers else None
+        pools = [
+            ("kinema-worker", self.workers, local_apps),
+            ("kinema-remote", self.remote_workers, self.remote_apps),
+        ]
+        for prefix, count, apps in pools:
+            for n in range(count):
+                thread = threading.Thread(target=self._work, args=(apps,), name=f"{prefix}-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        if self.workers or self.remote_workers:
             watcher = threading.Thread(target=self._watch_cancels, name="kinema-cancels", daemon=True)
             watcher.start()
             self._threads.append(watcher)
@@ -120,11 +132,12 @@ class Runner:
 
     # Threads -------------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, apps: list[str] | None = None) -> None:
+        """Claim and run tasks of these apps (None: any app) until stopped."""
         while not self._stopping.is_set():
             try:
                 task = self.store.claim_next(
-                    self.id, max_running_per_owner=self.settings.max_running_per_account
+                    self.id, apps, max_running_per_owner=self.settings.max_running_per_account
                 )
             except Exception:
                 log.exception("could not claim a task; retrying")
@@ -222,7 +235,8 @@ class Runner:
         return task
 
     def _finish(self, task: Task) -> None:
-        if not self.store.finish(task) and task.output_file is not None:
+        charged = self.settings.billing_enabled
+        if not self.store.finish(task, charge=charged) and task.output_file is not None:
             log.warning("task %s ended elsewhere; discarding its output", task.id)
             Path(self.storage.path_for(output_key(task.id))).unlink(missing_ok=True)
         if self.on_finished is not None:

@@ -1,4 +1,10 @@
-"""The worker path: load app -> engine.generate -> encode -> probe -> bill -> store -> complete."""
+"""The worker path: validate -> render (a local model, or a remote provider) -> probe -> bill -> store.
+
+Two kinds of app share one tail. A local app (LTX-2) loads its warm engine, generates frames and encodes
+them; a remote app (Google's Veo) has the provider make the video and brings its file onto the contract.
+Either way the MP4 in staging is then probed, billed and stored the same way, so output_meta is always read
+from the delivered file. torch and diffusers are imported only on the local path.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -25,17 +31,16 @@ from kinema.engines.base import (
     ignore_progress,
 )
 from kinema.engines.cache import WARM_MODELS, WarmModels
-from kinema.engines.device import check_fits, choose_placement
-from kinema.engines.loading import resolve_weights
-from kinema.engines.ltx2 import LTX2Engine, load_pipeline
-from kinema.engines.tiny import save_tiny_model
-from kinema.errors import Cancelled, KinemaError
+from kinema.errors import Cancelled, KinemaError, ProviderBadOutput
 from kinema.media.encode import EncodeOptions, encode_mp4
 from kinema.media.images import ImageLimits, load_image
 from kinema.media.probe import probe_video
 from kinema.settings import Settings
 from kinema.storage.base import Storage
 from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
+
+if TYPE_CHECKING:
+    from kinema.engines.ltx2 import LTX2Engine
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +79,26 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def prepare_input(app: App, raw: Any, settings: Settings, *, allow_local_paths: bool) -> PreparedInput:
-    """Validate input and load the image; raises InvalidInput before any model work starts."""
+    """Validate input and load the image: InvalidInput or AppUnavailable before any model or provider work."""
     validated = parse_input(app.input_model, raw)
+    app.check_input(validated, settings)
     image = None
     if validated.image is not None:
         image = load_image(validated.image, image_limits(settings), allow_local_paths=allow_local_paths)
-    aspect = validated.aspect_ratio or (nearest_aspect_ratio(*image.size) if image is not None else "16:9")
+    aspect = validated.aspect_ratio or (
+        nearest_aspect_ratio(*image.size, app.aspect_ratios) if image is not None else "16:9"
+    )
     width, height = output_size(validated.resolution, aspect)
     return PreparedInput(input=validated, image=image, width=width, height=height, aspect_ratio=aspect)
 
 
 def weights_dir(app: App, settings: Settings) -> Path:
     """The local diffusers directory for an app's weights (building the tiny model if needed)."""
+    from kinema.engines.loading import resolve_weights
+    from kinema.engines.tiny import save_tiny_model
+
+    if app.default_weights is None:
+        raise ValueError(f"{app.id} runs at a provider; it has no weights")
     source = settings.model_paths.get(app.id, app.default_weights)
     if source == "builtin:tiny":
         return save_tiny_model(settings.models_dir / "kinema-tiny")
@@ -96,6 +109,11 @@ def weights_dir(app: App, settings: Settings) -> Path:
 
 def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Engine, bool]:
     """The app's warm engine, loading it (after checking it fits) only the first time."""
+    from kinema.engines.device import check_fits, choose_placement
+    from kinema.engines.ltx2 import LTX2Engine, load_pipeline
+
+    assert app.sampling is not None, f"{app.id} is not a local app"
+    sampling = app.sampling
     model_dir = weights_dir(app, settings)
     placement = choose_placement(settings)
     key = f"{app.id}|{model_dir}|{placement.key}|{settings.offload}"
@@ -103,7 +121,7 @@ def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Eng
     def loader() -> LTX2Engine:
         check_fits(app.id, model_dir, placement, settings)
         pipe = load_pipeline(model_dir, placement, offload=settings.offload, vae_tiling=settings.vae_tiling)
-        return LTX2Engine(pipe, app.sampling, placement)
+        return LTX2Engine(pipe, sampling, placement)
 
     engine, loaded = warm.get_or_load(key, loader)
     return engine, loaded
@@ -123,7 +141,8 @@ def run_task(
     prepared: PreparedInput | None = None,
     task: Task | None = None,
 ) -> Task:
-    """Run one task to its end state; bad input raises InvalidInput, every later failure is a failed task.
+    """Run one task to its end state; bad input raises InvalidInput (an app this setup cannot run,
+    AppUnavailable), every later failure is a failed task.
 
     A server passes the task it claimed from its store; the CLI lets this make a fresh one.
     """
@@ -136,6 +155,14 @@ def run_task(
     return _run(app, prepared, ctx, task)
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What a render left in staging: an MP4 on the contract, the seed it used, and its stage timings."""
+
+    seed: int | None
+    timings: dict[str, float]
+
+
 def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task:
     task.status, task.started_at = TaskStatus.running, task.started_at or utcnow()
 
@@ -146,79 +173,12 @@ def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task
     staging: Path | None = None
     try:
         begun = time.perf_counter()
-        report(ProgressEvent("load"))
-        engine, _ = load_engine(app, ctx.settings, ctx.warm)
-        timings = {"load": time.perf_counter() - begun}
-        ctx.cancel.raise_if_cancelled()
-
-        request = GenerationRequest(
-            prompt=prepared.input.prompt,
-            negative_prompt=prepared.input.negative_prompt,
-            image=prepared.image,
-            width=prepared.width,
-            height=prepared.height,
-            frames=plan_frames(prepared.input.duration, app.fps, engine.temporal_multiple),
-            generate_audio=prepared.input.generate_audio,
-            seed=prepared.input.seed if prepared.input.seed is not None else secrets.randbelow(2**32),
-        )
-        clip = engine.generate(request, report, ctx.cancel)
-        timings.update(clip.timings)
-
-        report(ProgressEvent("encode"))
-        started = time.perf_counter()
         staging = ctx.storage.staging_file(".mp4")
-        settings = ctx.settings
-        encode_mp4(
-            staging,
-            _checked(clip.frames, ctx.cancel),
-            width=clip.width,
-            height=clip.height,
-            fps=clip.fps,
-            audio=clip.audio,
-            sample_rate=clip.sample_rate,
-            options=EncodeOptions(
-                crf=settings.video_crf,
-                preset=settings.video_preset,
-                hardware=settings.hardware_encoder and engine.placement.device.type == "cuda",
-                audio_sample_rate=settings.audio_sample_rate,
-                audio_bitrate=settings.audio_bitrate,
-            ),
-        )
-        timings["encode"] = time.perf_counter() - started
+        render = _render_remote if app.is_remote else _render_local
+        rendered = render(app, prepared, ctx, report, staging)
         ctx.cancel.raise_if_cancelled()
-
-        info = probe_video(staging)
-        resolution, aspect = describe_size(info.width, info.height)
-        billing = bill(
-            app.pricing,
-            resolution=resolution,
-            has_audio=info.has_audio,
-            frames=info.frames,
-            fps=round(info.fps),
-        )
-        report(ProgressEvent("store"))
-        started = time.perf_counter()
-        stored = ctx.storage.put(staging, f"{task.id}.mp4")
-        staging = None
-        timings["store"] = time.perf_counter() - started
-        timings["total"] = time.perf_counter() - begun
-        task.output = VideoOutput(video=stored.url)
-        task.output_meta = OutputMeta(
-            width=info.width,
-            height=info.height,
-            resolution=resolution,
-            aspect_ratio=aspect,
-            duration=round(info.duration, 6),
-            fps=info.fps,
-            frames=info.frames,
-            has_audio=info.has_audio,
-            video_codec=info.video_codec,
-            audio_codec=info.audio_codec,
-            size_bytes=stored.size_bytes,
-            seed=clip.seed,
-            timings={k: round(v, 4) for k, v in timings.items()},
-            billing=billing,
-        )
+        task.output, task.output_meta = _deliver(app, ctx, task, staging, rendered, report, begun)
+        staging = None  # stored: nothing to discard
         task.status = TaskStatus.completed
     except Cancelled as exc:
         task.status, task.error = TaskStatus.cancelled, TaskError(code=exc.code, message=exc.message)
@@ -233,3 +193,148 @@ def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task
             ctx.storage.discard(staging)
         task.completed_at = utcnow()
     return task
+
+
+def _deliver(
+    app: App,
+    ctx: RunContext,
+    task: Task,
+    staging: Path,
+    rendered: Rendered,
+    report: ProgressCallback,
+    begun: float,
+) -> tuple[VideoOutput, OutputMeta]:
+    """The shared tail: read the file back, bill what it holds, store it; output_meta comes from the file."""
+    info = probe_video(staging)
+    resolution, aspect = describe_size(info.width, info.height)
+    billing = bill(
+        app.pricing,
+        resolution=resolution,
+        has_audio=info.has_audio,
+        frames=info.frames,
+        fps=round(info.fps),
+    )
+    report(ProgressEvent("store"))
+    timings = dict(rendered.timings)
+    started = time.perf_counter()
+    stored = ctx.storage.put(staging, f"{task.id}.mp4")
+    timings["store"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - begun
+    meta = OutputMeta(
+        width=info.width,
+        height=info.height,
+        resolution=resolution,
+        aspect_ratio=aspect,
+        duration=round(info.duration, 6),
+        fps=info.fps,
+        frames=info.frames,
+        has_audio=info.has_audio,
+        video_codec=info.video_codec,
+        audio_codec=info.audio_codec,
+        size_bytes=stored.size_bytes,
+        seed=rendered.seed,
+        timings={k: round(v, 4) for k, v in timings.items()},
+        billing=billing,
+    )
+    return VideoOutput(video=stored.url), meta
+
+
+def encode_options(settings: Settings, *, hardware: bool) -> EncodeOptions:
+    """The encoder settings for kinema's own MP4s."""
+    return EncodeOptions(
+        crf=settings.video_crf,
+        preset=settings.video_preset,
+        hardware=settings.hardware_encoder and hardware,
+        audio_sample_rate=settings.audio_sample_rate,
+        audio_bitrate=settings.audio_bitrate,
+    )
+
+
+def _render_local(
+    app: App, prepared: PreparedInput, ctx: RunContext, report: ProgressCallback, staging: Path
+) -> Rendered:
+    """LTX-2 on this machine: the warm engine generates frames (and audio), encoded into staging."""
+    begun = time.perf_counter()
+    report(ProgressEvent("load"))
+    engine, _ = load_engine(app, ctx.settings, ctx.warm)
+    timings = {"load": time.perf_counter() - begun}
+    ctx.cancel.raise_if_cancelled()
+
+    request = GenerationRequest(
+        prompt=prepared.input.prompt,
+        negative_prompt=prepared.input.negative_prompt,
+        image=prepared.image,
+        width=prepared.width,
+        height=prepared.height,
+        frames=plan_frames(prepared.input.duration, app.fps, engine.temporal_multiple),
+        generate_audio=prepared.input.generate_audio,
+        seed=prepared.input.seed if prepared.input.seed is not None else secrets.randbelow(2**32),
+    )
+    clip = engine.generate(request, report, ctx.cancel)
+    timings.update(clip.timings)
+
+    report(ProgressEvent("encode"))
+    started = time.perf_counter()
+    encode_mp4(
+        staging,
+        _checked(clip.frames, ctx.cancel),
+        width=clip.width,
+        height=clip.height,
+        fps=clip.fps,
+        audio=clip.audio,
+        sample_rate=clip.sample_rate,
+        options=encode_options(ctx.settings, hardware=engine.placement.device.type == "cuda"),
+    )
+    timings["encode"] = time.perf_counter() - started
+    return Rendered(seed=clip.seed, timings=timings)
+
+
+def _render_remote(
+    app: App, prepared: PreparedInput, ctx: RunContext, report: ProgressCallback, staging: Path
+) -> Rendered:
+    """A provider makes the video with the user's key; its file is brought onto the contract in staging."""
+    from kinema.apps.veo import google_api
+    from kinema.engines.veo import VeoClient, VeoConfig, VeoRequest
+    from kinema.media.conform import ContractTarget, UnusableVideo, conform_mp4
+
+    assert app.remote is not None and app.remote.provider == "google", f"no remote engine for {app.id}"
+    settings, validated = ctx.settings, prepared.input
+    # Vertex AI takes a seed, so one is always chosen and reported; the Gemini API takes none.
+    seed = None
+    if google_api(settings) == "vertex":
+        seed = validated.seed if validated.seed is not None else secrets.randbelow(2**32)
+    request = VeoRequest(
+        model=app.remote.model_id(app.id, settings),
+        prompt=validated.prompt,
+        negative_prompt=validated.negative_prompt,
+        image=prepared.image,
+        width=prepared.width,
+        height=prepared.height,
+        aspect_ratio=prepared.aspect_ratio,
+        resolution=validated.resolution,
+        duration_seconds=round(validated.duration),
+        generate_audio=validated.generate_audio,
+        seed=seed,
+    )
+    download = ctx.storage.staging_file(".provider.mp4")
+    try:
+        with VeoClient(VeoConfig.from_settings(settings)) as client:
+            result = client.generate(request, download, report, ctx.cancel)
+        ctx.cancel.raise_if_cancelled()
+        report(ProgressEvent("encode"))
+        started = time.perf_counter()
+        want = ContractTarget(
+            width=prepared.width,
+            height=prepared.height,
+            duration=validated.duration,
+            audio=validated.generate_audio,
+        )
+        try:
+            done = conform_mp4(download, staging, want, encode_options(settings, hardware=False))
+        except UnusableVideo as exc:
+            raise ProviderBadOutput(f"Google's video is unusable: {exc}") from exc
+        timings = {**result.timings, "encode": time.perf_counter() - started}
+        log.info("veo: operation %s delivered (%s, %d polls)", result.operation, done, result.polls)
+        return Rendered(seed=seed, timings=timings)
+    finally:
+        ctx.storage.discard(download)
