@@ -35,6 +35,9 @@ STAGE_MESSAGES = {
     "decode_audio": "decoding audio",
     "encode": "encoding the MP4",
     "store": "storing the output",
+    "submit": "sending the request to the provider",
+    "generate": "waiting for the provider to generate",
+    "download": "downloading the provider's video",
 }
 
 
