@@ -11,10 +11,12 @@ class KinemaError(Exception):
     code = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, details: Any = None) -> None:
+    def __init__(self, message: str, *, details: Any = None, public_message: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        # What a remote client may see when message names server internals (paths); logged in full.
+        self.public_message = public_message or message
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON error body: {"error": {"code", "message", "details"}}."""

@@ -261,6 +261,8 @@ def test_failed_task_reports_a_clear_code_without_internals(
         assert task["status"] == "failed"
         assert task["error"]["code"] and task["error"]["message"]
         assert "Traceback" not in task["error"]["message"]
+        assert str(broken) not in task["error"]["message"]  # server paths stay in the server's log
+        assert task["error"]["code"] == "model_not_available"
         assert task["output"] is None
     finally:
         server.stop()

@@ -18,7 +18,8 @@ def resolve_weights(app_id: str, source: str, *, allow_download: bool, cache_dir
         path = Path(source).expanduser()
         if not (path / "model_index.json").is_file():
             raise ModelNotAvailable(
-                f"{app_id}: {path} is not a diffusers model directory (no model_index.json)"
+                f"{app_id}: {path} is not a diffusers model directory (no model_index.json)",
+                public_message=f"the weights for {app_id} are not installed on this server",
             )
         return path
     from huggingface_hub import snapshot_download

@@ -47,7 +47,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What a run needs from its caller: settings, storage, a progress sink and a cancel switch."""
+    """What a run needs from its caller: settings, storage, a progress sink and a cancel switch.
+
+    allow_local_paths marks the machine's own user (the CLI): images may be local files, and errors keep
+    their full text; a server's runs get errors without server paths (those go to its log).
+    """
 
     settings: Settings
     storage: Storage
@@ -183,7 +187,10 @@ def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task
     except Cancelled as exc:
         task.status, task.error = TaskStatus.cancelled, TaskError(code=exc.code, message=exc.message)
     except KinemaError as exc:
-        task.status, task.error = TaskStatus.failed, TaskError(code=exc.code, message=exc.message)
+        message = exc.message if ctx.allow_local_paths else exc.public_message
+        if message != exc.message:
+            log.warning("task %s failed: %s", task.id, exc.message)
+        task.status, task.error = TaskStatus.failed, TaskError(code=exc.code, message=message)
     except Exception:
         log.exception("task %s failed", task.id)
         task.status = TaskStatus.failed
