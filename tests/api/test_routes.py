@@ -249,3 +249,14 @@ def test_generated_admin_key_is_announced_once_and_works(settings: Settings, war
 def test_local_path_image_is_refused_by_the_server(api: httpx.Client) -> None:
     error = error_of(api.post(TINY_RUN, json={"prompt": "x", "image": "/etc/passwd"}), 422)
     assert "local paths" in error["message"] and error["details"][0]["field"] == "image"
+
+
+def test_api_docs_work_offline(live_server: LiveServer) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(live_server.url + page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/") for a in assets), assets  # nothing from a CDN
+        for asset in assets:
+            assert httpx.get(live_server.url + asset).status_code == 200, asset

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from kinema.api.errors import BodySizeLimit, install_error_handlers
 from kinema.api.metrics import HttpLatency, Metrics
@@ -93,7 +94,8 @@ def create_app(
             engine.dispose()
 
     metrics = Metrics()
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package: a self-hosted install may be offline.
+    app = FastAPIOffline(
         title="kinema",
         version="0.1.0",
         description="Self-hostable video generation. Every /v1 route needs `Authorization: Bearer <key>`; "
