@@ -314,3 +314,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+# Google's API, faked on loopback (the Veo apps' tests) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[Any]:
+    """A fake of Google's Veo endpoints speaking the SDK's wire format, one per test module."""
+    from tests.engines.fake_google import FakeGoogle
+
+    fake = FakeGoogle().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def fake(google: Any) -> Any:
+    """The module's fake Google, with its scripted behaviour and operations reset for this test."""
+    google.reset()
+    return google

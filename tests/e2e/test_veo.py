@@ -40,15 +40,6 @@ def veo_settings(data_dir: Path, fake: FakeGoogle, **overrides: Any) -> Settings
 
 
 @pytest.fixture(scope="module")
-def google() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture(scope="module")
 def veo_server(google: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server with a Google key for the fake; no local model is ever loaded."""
     server = LiveServer(veo_settings(tmp_path_factory.mktemp("veo") / "data", google), WarmModels()).start()
@@ -56,12 +47,6 @@ def veo_server(google: FakeGoogle, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def fake(google: FakeGoogle) -> FakeGoogle:
-    google.reset()
-    return google
 
 
 @pytest.fixture

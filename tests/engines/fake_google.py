@@ -174,6 +174,28 @@ class FakeGoogle:
                 return
         self.send_error_json(http, 404, "NOT_FOUND", f"no route {method} {parts.path}")
 
+    def accept(
+        self,
+        http: BaseHTTPRequestHandler,
+        body: Any,
+        allowed: set[str],
+        *,
+        api: str,
+        model: str,
+        name: str,
+    ) -> None:
+        """Check a submitted request as Google does, then start the operation (or fail as scripted)."""
+        problem = self.check_request(body, allowed, api=api)
+        if problem is None and self.behaviour.submit_error is not None:
+            code, status, message = self.behaviour.submit_error
+            self.send_error_json(http, code, status, message)
+            return
+        if problem is not None:
+            self.send_error_json(http, 400, "INVALID_ARGUMENT", problem)
+            return
+        self.operations[name] = Operation(name=name, api=api, model=model, body=body)
+        self.send_json(http, 200, {"name": name})
+
     # The Gemini API ----------------------------------------------------------------------------------
 
     def gemini_submit(self, http: BaseHTTPRequestHandler, body: Any, model: str) -> None:
@@ -182,17 +204,8 @@ class FakeGoogle:
                 http, 404, "NOT_FOUND", f"models/{model} is not found for API version v1beta"
             )
             return
-        problem = self.check_request(body, GEMINI_PARAMETERS, api="gemini")
-        if problem is None and self.behaviour.submit_error is not None:
-            code, status, message = self.behaviour.submit_error
-            self.send_error_json(http, code, status, message)
-            return
-        if problem is not None:
-            self.send_error_json(http, 400, "INVALID_ARGUMENT", problem)
-            return
         name = f"models/{model}/operations/{uuid.uuid4().hex[:12]}"
-        self.operations[name] = Operation(name=name, api="gemini", model=model, body=body)
-        self.send_json(http, 200, {"name": name})
+        self.accept(http, body, GEMINI_PARAMETERS, api="gemini", model=model, name=name)
 
     def gemini_poll(self, http: BaseHTTPRequestHandler, body: Any, name: str) -> None:
         operation = self.operations.get(name)
@@ -254,17 +267,8 @@ class FakeGoogle:
                 http, 404, "NOT_FOUND", f"Publisher Model `publishers/google/models/{model}` was not found"
             )
             return
-        problem = self.check_request(body, VERTEX_PARAMETERS, api="vertex")
-        if problem is None and self.behaviour.submit_error is not None:
-            code, status, message = self.behaviour.submit_error
-            self.send_error_json(http, code, status, message)
-            return
-        if problem is not None:
-            self.send_error_json(http, 400, "INVALID_ARGUMENT", problem)
-            return
         name = f"{VERTEX_PROJECT}/publishers/google/models/{model}/operations/{uuid.uuid4()}"
-        self.operations[name] = Operation(name=name, api="vertex", model=model, body=body)
-        self.send_json(http, 200, {"name": name})
+        self.accept(http, body, VERTEX_PARAMETERS, api="vertex", model=model, name=name)
 
     def vertex_poll(self, http: BaseHTTPRequestHandler, body: Any, resource: str) -> None:
         name = (body or {}).get("operationName", "")

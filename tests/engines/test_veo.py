@@ -8,7 +8,6 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,6 @@ from kinema.errors import (
 )
 from kinema.media.probe import probe_video
 from tests.engines.fake_google import API_KEY, FakeGoogle, VideoSpec
-
-
-@pytest.fixture(scope="module")
-def google() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def fake(google: FakeGoogle) -> FakeGoogle:
-    google.reset()
-    return google
 
 
 def config(fake: FakeGoogle, *, vertexai: bool = False, **overrides: Any) -> VeoConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,6 @@ from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, run_task
 from tests.conftest import assert_mp4, png_data_uri
 from tests.engines.fake_google import API_KEY, FakeGoogle, VideoSpec
-
-
-@pytest.fixture(scope="module")
-def google() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def fake(google: FakeGoogle) -> FakeGoogle:
-    google.reset()
-    return google
 
 
 def veo_context(tmp_path: Path, fake: FakeGoogle, **overrides: Any) -> RunContext:

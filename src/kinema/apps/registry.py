@@ -213,40 +213,40 @@ _VEO_EXAMPLES: tuple[dict[str, Any], ...] = (
     {"prompt": "The camera slowly zooms out", "image": "./landscape.jpg", "duration": 6},
 )
 
-VEO_3_1_FAST = App(
-    owner="google",
-    name="veo-3-1-fast",
-    version="3.1-fast",
-    title="Veo 3.1 Fast (Google)",
-    description="Google's Veo 3.1 Fast, run by Google with your own API key: text/image-to-video with audio.",
-    input_model=VeoInput,
-    remote=RemoteModel(
-        provider="google",
-        gemini_model="veo-3.1-fast-generate-preview",
-        vertex_model="veo-3.1-fast-generate-001",
-    ),
-    fps=VEO_FPS,
-    notes=_VEO_NOTES,
-    examples=_VEO_EXAMPLES,
-    aspect_ratios=VEO_ASPECT_RATIOS,
-    input_rules=check_veo_input,
-)
 
-VEO_3_1 = App(
-    owner="google",
-    name="veo-3-1",
-    version="3.1",
-    title="Veo 3.1 (Google)",
-    description="Google's Veo 3.1 (standard quality tier), run by Google with your own API key.",
-    input_model=VeoInput,
-    remote=RemoteModel(
-        provider="google", gemini_model="veo-3.1-generate-preview", vertex_model="veo-3.1-generate-001"
-    ),
-    fps=VEO_FPS,
-    notes=_VEO_NOTES,
-    examples=_VEO_EXAMPLES,
-    aspect_ratios=VEO_ASPECT_RATIOS,
-    input_rules=check_veo_input,
+def _veo_app(name: str, version: str, title: str, description: str, model: str) -> App:
+    """A Veo app: Google's model `model` in its Gemini API (-preview) and Vertex AI (-001) names."""
+    return App(
+        owner="google",
+        name=name,
+        version=version,
+        title=title,
+        description=description,
+        input_model=VeoInput,
+        remote=RemoteModel(
+            provider="google", gemini_model=f"{model}-generate-preview", vertex_model=f"{model}-generate-001"
+        ),
+        fps=VEO_FPS,
+        notes=_VEO_NOTES,
+        examples=_VEO_EXAMPLES,
+        aspect_ratios=VEO_ASPECT_RATIOS,
+        input_rules=check_veo_input,
+    )
+
+
+VEO_3_1_FAST = _veo_app(
+    "veo-3-1-fast",
+    "3.1-fast",
+    "Veo 3.1 Fast (Google)",
+    "Google's Veo 3.1 Fast, run by Google with your own API key: text/image-to-video with audio.",
+    "veo-3.1-fast",
+)
+VEO_3_1 = _veo_app(
+    "veo-3-1",
+    "3.1",
+    "Veo 3.1 (Google)",
+    "Google's Veo 3.1 (standard quality tier), run by Google with your own API key.",
+    "veo-3.1",
 )
 
 APPS: dict[str, App] = {app.id: app for app in (LTX2_FAST, LTX2_FULL, TINY, VEO_3_1_FAST, VEO_3_1)}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from kinema.billing.pricing import from_micros
 from kinema.errors import InsufficientBalance, NotFound
+from kinema.store.db import rowcount
 from kinema.store.schema import LedgerEntryRow, TaskRow, UserRow
 
 
@@ -56,8 +57,7 @@ def _entry(
 
 def lock_account(session: Session, account: str, now: datetime) -> None:
     """Serialize money movements of one account (row lock on PostgreSQL, the write lock on SQLite)."""
-    locked = session.execute(update(UserRow).where(UserRow.id == account).values(updated_at=now))
-    if not locked.rowcount:  # type: ignore[attr-defined]
+    if not rowcount(session, update(UserRow).where(UserRow.id == account).values(updated_at=now)):
         raise NotFound(f"no account {account!r}")
 
 
@@ -105,18 +105,18 @@ def place_hold(
 
 def settle(session: Session, row: TaskRow, *, charge: int | None, currency: str, now: datetime) -> None:
     """A task ended: release its hold, and charge it when it completed (each at most once)."""
-    existing = set(session.scalars(select(LedgerEntryRow.kind).where(LedgerEntryRow.task_id == row.id)))
+    existing = dict(
+        session.execute(
+            select(LedgerEntryRow.kind, LedgerEntryRow.amount_micros).where(LedgerEntryRow.task_id == row.id)
+        ).all()
+    )
     if "hold" in existing and "release" not in existing:
-        held = session.scalar(
-            select(LedgerEntryRow.amount_micros).where(
-                LedgerEntryRow.task_id == row.id, LedgerEntryRow.kind == "hold"
-            )
-        )
+        release = -existing["hold"]
         _entry(
             session,
             account=row.owner_id,
             kind="release",
-            amount=-int(held or 0),
+            amount=release,
             currency=currency,
             now=now,
             task_id=row.id,

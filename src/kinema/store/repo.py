@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, Engine, Update, func, or_, select, text, update
+from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,7 @@ from kinema.apps.schema import OutputMeta
 from kinema.billing.pricing import to_micros
 from kinema.errors import BadRequest, Conflict, NotFound
 from kinema.store import ledger, webhooks
+from kinema.store.db import aware, rowcount
 from kinema.store.schema import (
     ApiKeyRow,
     FileRow,
@@ -41,17 +42,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were written in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+Owned = TypeVar("Owned", TaskRow, FileRow, ApiKeyRow)
 
 
-def _rowcount(session: Session, statement: Update) -> int:
-    """Rows a conditional UPDATE changed: 0 means another actor got there first."""
-    result = cast(CursorResult[Any], session.execute(statement))
-    return result.rowcount
+def _owned(row: Owned | None, owner: str | None, what: str, ref: str) -> Owned:
+    """The row when it exists and belongs to owner (any owner when None); NotFound otherwise, never 403."""
+    if row is None or (owner is not None and row.owner_id != owner):
+        raise NotFound(f"no {what} {ref!r}")
+    return row
 
 
 def new_id(prefix: str) -> str:
@@ -181,18 +179,15 @@ def task_from_row(row: TaskRow) -> Task:
         output_meta=OutputMeta.model_validate(row.output_meta) if row.output_meta else None,
         error=error,
         progress=TaskProgress.model_validate(row.progress) if row.progress else None,
-        created_at=_aware(row.created_at) or utcnow(),
-        started_at=_aware(row.started_at),
-        completed_at=_aware(row.completed_at),
+        created_at=aware(row.created_at) or utcnow(),
+        started_at=aware(row.started_at),
+        completed_at=aware(row.completed_at),
         output_file=row.output_file_id,
     )
 
 
+CANCELLED_BEFORE_START = TaskError(code="cancelled", message="the task was cancelled before it started")
 DEADLINE_ERROR = TaskError(code="deadline_exceeded", message="the Cancel-After deadline passed")
-
-
-def now_() -> datetime:
-    return utcnow()
 
 
 def _key_info(row: ApiKeyRow) -> ApiKeyInfo:
@@ -200,16 +195,14 @@ def _key_info(row: ApiKeyRow) -> ApiKeyInfo:
         id=row.id,
         name=row.name,
         prefix=row.prefix,
-        created_at=_aware(row.created_at) or utcnow(),
-        last_used_at=_aware(row.last_used_at),
-        revoked_at=_aware(row.revoked_at),
+        created_at=aware(row.created_at) or utcnow(),
+        last_used_at=aware(row.last_used_at),
+        revoked_at=aware(row.revoked_at),
     )
 
 
 def _user(row: UserRow) -> User:
-    return User(
-        id=row.id, name=row.name, is_admin=row.is_admin, created_at=_aware(row.created_at) or utcnow()
-    )
+    return User(id=row.id, name=row.name, is_admin=row.is_admin, created_at=aware(row.created_at) or utcnow())
 
 
 def _delivery(row: WebhookDeliveryRow, history: list[WebhookAttempt]) -> WebhookDelivery:
@@ -222,9 +215,9 @@ def _delivery(row: WebhookDeliveryRow, history: list[WebhookAttempt]) -> Webhook
         payload=row.payload,
         status=row.status,
         attempts=row.attempts,
-        next_attempt_at=_aware(row.next_attempt_at),
-        created_at=_aware(row.created_at) or utcnow(),
-        delivered_at=_aware(row.delivered_at),
+        next_attempt_at=aware(row.next_attempt_at),
+        created_at=aware(row.created_at) or utcnow(),
+        delivered_at=aware(row.delivered_at),
         history=history,
     )
 
@@ -238,12 +231,12 @@ def file_from_row(row: FileRow) -> StoredFile:
         filename=row.filename,
         content_type=row.content_type,
         size_bytes=row.size_bytes,
-        created_at=_aware(row.created_at) or utcnow(),
+        created_at=aware(row.created_at) or utcnow(),
     )
 
 
 def encode_cursor(created_at: datetime, task_id: str) -> str:
-    raw = f"{_aware(created_at).isoformat()}|{task_id}"  # type: ignore[union-attr]
+    raw = f"{aware(created_at).isoformat()}|{task_id}"  # type: ignore[union-attr]
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -343,7 +336,7 @@ class TaskStore:
         with self.session() as session:
             if idempotency_key is not None:
                 seen = session.get(IdempotencyKeyRow, (owner, idempotency_key))
-                if seen is not None and (_aware(seen.expires_at) or now) > now:
+                if seen is not None and (aware(seen.expires_at) or now) > now:
                     if seen.request_hash != request_hash:
                         raise Conflict(
                             "this Idempotency-Key was already used with a different request",
@@ -398,10 +391,7 @@ class TaskStore:
     def get_task(self, task_id: str, *, owner: str | None = None) -> Task:
         """The task, if it exists and (when owner is given) belongs to owner; otherwise NotFound."""
         with self.session() as session:
-            row = session.get(TaskRow, task_id)
-            if row is None or (owner is not None and row.owner_id != owner):
-                raise NotFound(f"no task {task_id!r}")
-            return task_from_row(row)
+            return task_from_row(_owned(session.get(TaskRow, task_id), owner, "task", task_id))
 
     def list_tasks(
         self,
@@ -460,7 +450,7 @@ class TaskStore:
                 if task_id is None:
                     return None
                 now = utcnow()
-                claimed = _rowcount(
+                claimed = rowcount(
                     session,
                     update(TaskRow)
                     .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.queued.value)
@@ -485,7 +475,7 @@ class TaskStore:
         data = progress.model_dump(exclude_none=True)
         now = utcnow()
         with self.session() as session:
-            _rowcount(
+            rowcount(
                 session,
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
@@ -521,7 +511,7 @@ class TaskStore:
                 "completed_at": task.completed_at or now,
                 "updated_at": now,
             }
-            done = _rowcount(
+            done = rowcount(
                 session,
                 update(TaskRow)
                 .where(TaskRow.id == task.id, TaskRow.status == TaskStatus.running.value)
@@ -563,7 +553,7 @@ class TaskStore:
     def requeue(self, task_id: str) -> bool:
         """Put a running task back in the queue (its worker is shutting down)."""
         with self.session() as session:
-            done = _rowcount(
+            done = rowcount(
                 session,
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
@@ -577,30 +567,27 @@ class TaskStore:
     def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
         """Cancel a queued task at once, or flag a running one for its worker; finished tasks: Conflict."""
         with self.session() as session:
-            row = session.get(TaskRow, task_id, with_for_update=True)
-            if row is None or (owner is not None and row.owner_id != owner):
-                raise NotFound(f"no task {task_id!r}")
+            row = _owned(session.get(TaskRow, task_id, with_for_update=True), owner, "task", task_id)
             now = utcnow()
             if row.status == TaskStatus.queued.value:
-                done = _rowcount(
+                done = rowcount(
                     session,
                     update(TaskRow)
                     .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.queued.value)
                     .values(
                         status=TaskStatus.cancelled.value,
                         cancel_requested=True,
-                        error_code="cancelled",
-                        error_message="the task was cancelled before it started",
+                        error_code=CANCELLED_BEFORE_START.code,
+                        error_message=CANCELLED_BEFORE_START.message,
                         completed_at=now,
                         updated_at=now,
                     ),
                 )
                 if done:
-                    error = TaskError(code="cancelled", message="the task was cancelled before it started")
                     session.refresh(row)
-                    self._ended(session, row, TaskStatus.cancelled, error, now)
+                    self._ended(session, row, TaskStatus.cancelled, CANCELLED_BEFORE_START, now)
             elif row.status == TaskStatus.running.value:
-                _rowcount(
+                rowcount(
                     session,
                     update(TaskRow)
                     .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
@@ -609,7 +596,8 @@ class TaskStore:
                 self._event(session, task_id, "log", {"message": "cancellation requested"})
             else:
                 raise Conflict(f"task {task_id} is already {row.status}", details={"status": row.status})
-        return self.get_task(task_id)
+            session.refresh(row)
+            return task_from_row(row)
 
     def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
         """Which of these running tasks someone asked to cancel."""
@@ -692,9 +680,7 @@ class TaskStore:
                 .order_by(TaskEventRow.id)
                 .limit(limit)
             )
-            return [
-                TaskEvent(r.id, r.task_id, r.kind, r.data, _aware(r.created_at) or utcnow()) for r in rows
-            ]
+            return [TaskEvent(r.id, r.task_id, r.kind, r.data, aware(r.created_at) or utcnow()) for r in rows]
 
     def _event(self, session: Session, task_id: str, kind: str, data: dict[str, Any]) -> None:
         session.add(TaskEventRow(task_id=task_id, kind=kind, data=data, created_at=utcnow()))
@@ -737,10 +723,7 @@ class TaskStore:
 
     def get_file(self, file_id: str, *, owner: str | None = None) -> StoredFile:
         with self.session() as session:
-            row = session.get(FileRow, file_id)
-            if row is None or (owner is not None and row.owner_id != owner):
-                raise NotFound(f"no file {file_id!r}")
-            return file_from_row(row)
+            return file_from_row(_owned(session.get(FileRow, file_id), owner, "file", file_id))
 
     # API keys ------------------------------------------------------------------------------------
 
@@ -788,9 +771,7 @@ class TaskStore:
     def revoke_key(self, owner: str, key_id: str) -> ApiKeyInfo:
         """Revoke one of owner's keys (NotFound for anyone else's)."""
         with self.session() as session:
-            row = session.get(ApiKeyRow, key_id)
-            if row is None or row.owner_id != owner:
-                raise NotFound(f"no API key {key_id!r}")
+            row = _owned(session.get(ApiKeyRow, key_id), owner, "API key", key_id)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             return _key_info(row)
@@ -853,7 +834,7 @@ class TaskStore:
             ).all()
         usage: dict[tuple[str, str], list[int]] = {}
         for app, amount, created in charges:
-            day = (_aware(created) or since).date().isoformat()
+            day = (aware(created) or since).date().isoformat()
             bucket = usage.setdefault((app or "", day), [0, 0])
             bucket[0] += 1
             bucket[1] += -amount
@@ -943,7 +924,7 @@ class TaskStore:
             for a in attempts:
                 history.setdefault(a.delivery_id, []).append(
                     WebhookAttempt(
-                        a.attempt, a.status_code, a.error, a.duration_ms, _aware(a.created_at) or now_()
+                        a.attempt, a.status_code, a.error, a.duration_ms, aware(a.created_at) or utcnow()
                     )
                 )
             return [_delivery(r, history.get(r.id, [])) for r in rows]

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from kinema.store.db import aware
 from kinema.store.schema import TaskRow, WebhookDeliveryRow
 
 WEBHOOK_EVENTS = ("start", "progress", "completed")
@@ -23,7 +24,7 @@ def enqueue(session: Session, row: TaskRow, event: str, now: datetime, delivery_
                 WebhookDeliveryRow.task_id == row.id, WebhookDeliveryRow.event == "progress"
             )
         )
-        if last is not None and _utc(last) > now - PROGRESS_EVERY:
+        if last is not None and (aware(last) or now) > now - PROGRESS_EVERY:
             return
     session.add(
         WebhookDeliveryRow(
@@ -38,9 +39,3 @@ def enqueue(session: Session, row: TaskRow, event: str, now: datetime, delivery_
             created_at=now,
         )
     )
-
-
-def _utc(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ or the schedule runs out. Every attempt is recorded and visible to the task's ow
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 import threading
@@ -90,7 +91,7 @@ class WebhookSender:
             task = self.store.get_task(delivery.task_id)
             payload = {"type": f"task.{delivery.event}", "timestamp": _iso_now(), "data": self.render(task)}
             self.store.save_webhook_payload(delivery.id, payload)
-        body = httpx.Response(200, json=payload).content.decode()
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         stamp = datetime.now(UTC)
         signature = Webhook(self.secret_for(delivery.owner_id)).sign(delivery.id, stamp, body)
         headers = {
