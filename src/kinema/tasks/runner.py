@@ -41,6 +41,9 @@ STAGE_MESSAGES = {
 }
 
 
+DEADLINE_CHECK_S = 1.0
+
+
 def upload_key(file_id: str) -> str:
     """Where an uploaded input file lives in storage."""
     return f"uploads/{file_id}"
@@ -158,11 +161,14 @@ class Runner:
                 self._finish(task)
 
     def _watch_cancels(self) -> None:
+        deadlines_due = 0.0
         while not self._stopping.wait(self.cancel_poll_s):
             with self._lock:
                 running = list(self._running)
             try:
-                self.store.expire_deadlines()  # Cancel-After: flags running tasks, ends queued ones
+                if time.monotonic() >= deadlines_due:  # Cancel-After needs no finer grain than a second
+                    deadlines_due = time.monotonic() + DEADLINE_CHECK_S
+                    self.store.expire_deadlines()  # flags running tasks, ends queued ones
                 wanted = self.store.cancel_requested(running)
             except Exception:
                 log.exception("could not read cancellations")
