@@ -17,7 +17,7 @@ from kinema.apps.veo import (
     missing_key_reason,
 )
 from kinema.billing.pricing import PriceTable
-from kinema.engines.sampling import DISTILLED_SIGMAS, LTX2Sampling
+from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import AppNotFound, AppUnavailable
 from kinema.settings import Settings
 
@@ -63,7 +63,6 @@ class App:
     pricing: PriceTable = field(default_factory=PriceTable)
     notes: tuple[str, ...] = ()
     examples: tuple[dict[str, Any], ...] = ()
-    approx_download_gb: float | None = None
     aspect_ratios: tuple[AspectRatio, ...] = ALL_ASPECT_RATIOS
     # Checks that depend on this server's configuration, run before any work (and before a provider call).
     input_rules: Callable[[VideoInput, Settings], None] | None = None
@@ -152,37 +151,33 @@ _EXAMPLES = (
 LTX2_FAST = App(
     owner="lightricks",
     name="ltx-2-fast",
-    version="2.0-distilled",
+    version="2.5-distilled-2stage",
     title="LTX-2 Fast",
-    description="LTX-2 distilled: 8-step text/image-to-video with joint audio. The default app.",
+    description="LTX-2.5 distilled, the official two-stage recipe: 8 steps at half size, the x2 latent "
+    "upsampler, 3 refining steps at full size; text/image-to-video with joint audio. The default app.",
     input_model=input_model_for("LTX2FastInput", default_duration=5.0, min_duration=1.0, max_duration=20.0),
-    # 4K is generated at 1080p and upscaled: the 19B model at 4K natively does not fit one GPU's time budget.
-    sampling=LTX2Sampling(sigmas=DISTILLED_SIGMAS, max_generation_pixels=1920 * 1088),
-    default_weights="Lightricks/LTX-2",
+    sampling=LTX2Sampling(variant="distilled"),
+    default_weights="Lightricks/LTX-2.5-Diffusers",
+    notes=(
+        "Weights: Lightricks/LTX-2.5-Diffusers (gated: accept the licence on its Hugging Face page and set "
+        "HF_TOKEN). Point KINEMA_MODEL_PATHS at LTX-2.3 or LTX-2 weights to pin an older generation; the "
+        "matching recipe follows from the weights' configs.",
+    ),
     examples=_EXAMPLES,
-    approx_download_gb=90.0,
 )
 
 LTX2_FULL = App(
     owner="lightricks",
     name="ltx-2",
-    version="2.0",
+    version="2.5-full-2stage",
     title="LTX-2",
-    description="LTX-2 full model: 40 steps with classifier-free and spatio-temporal guidance; quality tier.",
+    description="LTX-2.5 full model: 30 guided steps (CFG, spatio-temporal and modality guidance) at half "
+    "size, then the x2 latent upsampler and 3 steps with the distilled LoRA at full size; quality tier.",
     input_model=input_model_for("LTX2Input", default_duration=5.0, min_duration=1.0, max_duration=20.0),
-    sampling=LTX2Sampling(
-        num_inference_steps=40,
-        sigmas=None,
-        guidance_scale=4.0,
-        stg_scale=1.0,
-        modality_scale=3.0,
-        guidance_rescale=0.7,
-        audio_guidance_scale=7.0,
-        max_generation_pixels=1920 * 1088,
-    ),
-    default_weights="Lightricks/LTX-2",
+    sampling=LTX2Sampling(variant="full"),
+    default_weights="Lightricks/LTX-2.5-Diffusers",
+    notes=LTX2_FAST.notes,
     examples=_EXAMPLES,
-    approx_download_gb=90.0,
 )
 
 TINY = App(
@@ -190,9 +185,10 @@ TINY = App(
     name="tiny",
     version="1",
     title="kinema tiny (test model)",
-    description="The LTX-2 engine on tiny random weights built in code, for tests and offline smoke runs.",
+    description="The LTX-2.5 two-stage engine on tiny random weights in the real repo layout, built in code, "
+    "for tests and offline smoke runs.",
     input_model=input_model_for("TinyInput", default_duration=1.0, min_duration=0.1, max_duration=20.0),
-    sampling=LTX2Sampling(sigmas=(1.0, 0.725, 0.421875), max_sequence_length=128),
+    sampling=LTX2Sampling(variant="distilled", max_sequence_length=128),
     default_weights="builtin:tiny",
     notes=(
         "Output is random noise by design: the weights are random. Use it to check the install, not to "

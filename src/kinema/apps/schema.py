@@ -95,6 +95,29 @@ class VideoOutput(BaseModel):
     video: str = Field(description="URL of the stored MP4 (H.264 + optional AAC).")
 
 
+class StageRun(BaseModel):
+    """One sampling or upscaling stage as it ran."""
+
+    name: str
+    width: int
+    height: int
+    steps: int
+    sigmas: list[float] | None = None
+    guidance_scale: float | None = None
+
+
+class ModelRun(BaseModel):
+    """The model side of a run, as it actually happened (not as the input asked)."""
+
+    weights: str
+    generation: str
+    variant: str
+    stages: list[StageRun]
+    upscale: str = Field(description="How the output size was reached beyond the last stage.")
+    text_encoder: str = Field(description="Where the text encoder ran: gpu, cpu, or the device (CPU runs).")
+    fallbacks: list[str] = Field(default_factory=list, description="Departures from the recipe, and why.")
+
+
 class OutputMeta(BaseModel):
     """Facts about the delivered file and run, read from the file itself, never echoed from the input."""
 
@@ -114,3 +137,7 @@ class OutputMeta(BaseModel):
     )
     timings: dict[str, float]
     billing: Billing
+    model: ModelRun | None = Field(
+        default=None,
+        description="What ran: weights, generation, variant, stages and upscaling (local models).",
+    )

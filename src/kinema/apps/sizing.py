@@ -45,6 +45,39 @@ def generation_size(width: int, height: int, *, multiple: int, max_pixels: int |
 
 
 @dataclass(frozen=True)
+class StageSizes:
+    """Sizes of a two-stage run: stage 1, the refine stage, and what is decoded (before the exact crop)."""
+
+    stage1: tuple[int, int] | None  # None: one stage only
+    refine: tuple[int, int]
+    decoded: tuple[int, int]
+
+    @property
+    def extra_upsample(self) -> bool:
+        """The latent upsampler doubles the refined latents once more before decoding (4K)."""
+        return self.decoded != self.refine
+
+
+def stage_sizes(
+    width: int, height: int, *, multiple: int, max_refine_pixels: int, two_stage: bool
+) -> StageSizes:
+    """Where each stage runs for an exact output size: stage 1 at half the refine size (the x2 upsampler
+    brings it back), the refine size the smallest `multiple`-aligned size covering the output, and above
+    max_refine_pixels a refine at half the output, doubled once more by the upsampler before decoding."""
+    if not two_stage:
+        size = generation_size(width, height, multiple=multiple // 2, max_pixels=None)
+        return StageSizes(stage1=None, refine=size, decoded=size)
+    refine = generation_size(width, height, multiple=multiple, max_pixels=None)
+    decoded = refine
+    if refine[0] * refine[1] > max_refine_pixels:
+        refine = generation_size(
+            math.ceil(width / 2), math.ceil(height / 2), multiple=multiple, max_pixels=None
+        )
+        decoded = (refine[0] * 2, refine[1] * 2)
+    return StageSizes(stage1=(refine[0] // 2, refine[1] // 2), refine=refine, decoded=decoded)
+
+
+@dataclass(frozen=True)
 class FramePlan:
     """How many frames the user gets and how many the model must generate."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -80,6 +80,7 @@ class GeneratedClip:
     sample_rate: int | None
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    model: dict[str, Any] | None = None  # what ran (weights, generation, variant, stages), for output_meta
 
 
 class Engine(Protocol):

@@ -80,13 +80,25 @@ def safetensors_parameter_count(path: Path) -> int:
     return count
 
 
-def component_bytes(model_dir: Path, dtype: torch.dtype, fp8: bool) -> dict[str, int]:
-    """Bytes each pipeline component will take once loaded in `dtype`."""
+def component_bytes(
+    model_dir: Path, dtype: torch.dtype, fp8: bool, *, folders: set[str] | None = None
+) -> dict[str, int]:
+    """Bytes each pipeline component will take once loaded in `dtype` (only `folders`, when given).
+
+    Root-level single files (a distilled checkpoint, a LoRA) count under their own names; the transformer
+    folders and the single-file transformer are what FP8 storage shrinks.
+    """
     itemsize = torch.tensor([], dtype=dtype).element_size()
     sizes: dict[str, int] = {}
-    for file in sorted(model_dir.glob("*/*.safetensors")):
-        component = file.parent.name
-        per_param = 1 if (fp8 and component == "transformer") else itemsize
+    files = [*model_dir.glob("*/*.safetensors"), *model_dir.glob("*.safetensors")]
+    for file in sorted(files):
+        component = file.parent.name if file.parent != model_dir else file.name
+        if folders is not None and component not in folders:
+            continue
+        is_transformer = component.startswith("transformer") or (
+            file.parent == model_dir and "lora" not in file.name
+        )
+        per_param = 1 if (fp8 and is_transformer) else itemsize
         sizes[component] = sizes.get(component, 0) + safetensors_parameter_count(file) * per_param
     return sizes
 
@@ -128,20 +140,35 @@ def required_bytes(sizes: dict[str, int], offload: str) -> int:
     return int(peak * 1.1)
 
 
-def check_fits(app_id: str, model_dir: Path, placement: Placement, settings: Settings) -> None:
-    """Fail fast, before loading anything, when the device cannot hold the model."""
-    sizes = component_bytes(model_dir, placement.dtype, placement.fp8)
+def check_fits(
+    app_id: str,
+    model_dir: Path,
+    placement: Placement,
+    settings: Settings,
+    *,
+    folders: set[str] | None = None,
+) -> str:
+    """Fail fast, before loading anything, when the device cannot hold the model; say where the text
+    encoder goes: "device" (all on one device), or "cpu" when only that keeps the rest on the GPU."""
+    sizes = component_bytes(model_dir, placement.dtype, placement.fp8, folders=folders)
     need = required_bytes(sizes, settings.offload)
     have = available_bytes(placement.device, settings)
-    if need > have:
-        hint = (
-            "try KINEMA_OFFLOAD=model (or sequential), KINEMA_FP8=1 on an Ada/Hopper GPU, or a bigger GPU"
-            if placement.device.type == "cuda"
-            else "it needs a GPU: install the CUDA build of torch (see README)"
-        )
-        raise InsufficientResources(
-            f"{app_id} needs about {need / GIB:.1f} GiB on {placement.device.type}"
-            f" in {str(placement.dtype).removeprefix('torch.')}"
-            f" but only {have / GIB:.1f} GiB is available; {hint}",
-            details={"required_bytes": need, "available_bytes": have},
-        )
+    if need <= have:
+        return "device"
+    if placement.device.type == "cuda" and settings.offload == "none" and "text_encoder" in sizes:
+        # Gemma (12B, ~24 GB) is used once per prompt and its embeddings are cached: keep it on the CPU
+        # rather than refusing a GPU that holds everything else.
+        rest = {k: v for k, v in sizes.items() if k != "text_encoder"}
+        if required_bytes(rest, "none") <= have:
+            return "cpu"
+    hint = (
+        "try KINEMA_OFFLOAD=model (or sequential), KINEMA_FP8=1 on an Ada/Hopper GPU, or a bigger GPU"
+        if placement.device.type == "cuda"
+        else "it needs a GPU: install the CUDA build of torch (see README)"
+    )
+    raise InsufficientResources(
+        f"{app_id} needs about {need / GIB:.1f} GiB on {placement.device.type}"
+        f" in {str(placement.dtype).removeprefix('torch.')}"
+        f" but only {have / GIB:.1f} GiB is available; {hint}",
+        details={"required_bytes": need, "available_bytes": have},
+    )

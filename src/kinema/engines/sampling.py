@@ -1,33 +1,23 @@
-"""How an LTX-2 app samples; plain data, importable without torch."""
+"""What an LTX app asks of the engine; plain data, importable without torch.
+
+The recipe itself (guidance, schedules) follows from the generation detected in the weights
+(kinema.engines.ltx_recipes); an app only chooses the variant and a few limits.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Distilled LTX-2 schedule (diffusers ltx2/utils.py DISTILLED_SIGMA_VALUES).
-DISTILLED_SIGMAS: tuple[float, ...] = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)
+from kinema.engines.ltx_recipes import Variant
 
 
 @dataclass(frozen=True)
 class LTX2Sampling:
-    """How an app samples: steps or an explicit sigma schedule, and its guidance terms."""
+    """An LTX app's choices: which variant of the weights, and the largest size it refines natively."""
 
-    num_inference_steps: int = 8
-    sigmas: tuple[float, ...] | None = DISTILLED_SIGMAS
-    guidance_scale: float = 1.0
-    stg_scale: float = 0.0
-    modality_scale: float = 1.0
-    guidance_rescale: float = 0.0
-    audio_guidance_scale: float | None = None
+    variant: Variant = "distilled"
+    two_stage: bool = True
+    # Above this many pixels, stage 2 refines at half the output size and the latent upsampler doubles it
+    # once more before decoding (4K): a native 4K refine is minutes per step even on one H100.
+    max_refine_pixels: int = 1920 * 1088
     max_sequence_length: int = 1024
-    decode_timestep: float = 0.05
-    decode_noise_scale: float = 0.025
-    max_generation_pixels: int | None = None  # above this, generate smaller and upscale the frames
-
-    @property
-    def steps(self) -> int:
-        return len(self.sigmas) if self.sigmas is not None else self.num_inference_steps
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.guidance_scale > 1.0

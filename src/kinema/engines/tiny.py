@@ -1,13 +1,19 @@
-"""Tiny random-weight LTX-2 components with the real model's compression, built in code.
+"""Tiny random-weight LTX models in the real repos' layouts, built from the real configs, in code.
 
-The output is noise by design; the point is that every code path (loading, denoising, VAE decode at
-real output sizes, audio, encoding) is the real one while staying cheap on a CPU.
+Each component starts from its generation's real config (kinema/engines/ltx_configs, taken from the repos or
+derived from diffusers' scripts/convert_ltx2_to_diffusers.py) and only layer counts and widths are scaled
+down: every flag that changes behaviour (gated attention, cross-attention modulation, the BWE vocoder at
+48 kHz, the scheduler's shifting, 32x/8x VAE compression, 128 latent channels) stays as shipped. The repo is
+laid out like the real one: transformer_full/ and the root distilled LoRA for LTX-2.5, the dev transformer
+plus a root distilled LoRA for LTX-2, latent_upsampler/ for all. The output is noise by design.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +44,71 @@ def build_tiny_tokenizer() -> Any:
     )
 
 
-def build_tiny_components(seed: int = 0) -> dict[str, Any]:
-    """Every LTX2Pipeline component, tiny, with 32x spatial / 8x temporal VAE compression."""
+TEXT_HIDDEN, TEXT_LAYERS = 32, 2
+VIDEO_HEADS, VIDEO_HEAD_DIM = 2, 8  # inner width 16
+AUDIO_HEADS, AUDIO_HEAD_DIM = 2, 4  # inner width 8
+
+# The root files each real repo ships (names from the repos / diffusers docs).
+LORA_NAMES = {
+    "2.0": "ltx-2-19b-distilled-lora-384.safetensors",
+    "2.3": "ltx-2.3-22b-distilled-lora-384.safetensors",
+    "2.5": "ltx-2.5-22b-distilled-lora-450-bf16.safetensors",
+}
+
+
+def real_config(generation: str, component: str) -> dict[str, Any]:
+    """A component's config as the real repo of that generation ships it (keys starting with _ dropped)."""
+    text = (
+        resources.files("kinema.engines").joinpath(f"ltx_configs/{generation}/{component}.json").read_text()
+    )
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _shrunk(config: dict[str, Any], **sizes: Any) -> dict[str, Any]:
+    """The config with only the given (size) keys replaced, where the real config has them."""
+    out = dict(config)
+    for key, value in sizes.items():
+        if (key in out and out[key] is not None) or key in ("caption_channels", "text_proj_in_factor"):
+            out[key] = value
+    return out
+
+
+def _text_encoder(generation: str, vocab: int) -> Any:
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": TEXT_HIDDEN,
+        "intermediate_size": 64,
+        "num_hidden_layers": TEXT_LAYERS,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 1024,
+        "sliding_window": 64,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    if generation == "2.5":  # Gemma 4 ("gemma4_unified"), as LTX-2.5's text encoder
+        from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
+
+        config = Gemma4UnifiedConfig(
+            text_config={**text, "global_head_dim": 16}, vision_config=None, audio_config=None
+        )
+        return Gemma4UnifiedForConditionalGeneration(config)
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    return Gemma3ForConditionalGeneration(
+        Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    )
+
+
+def build_tiny_components(generation: str = "2.5", seed: int = 0, num_layers: int = 2) -> dict[str, Any]:
+    """Every LTX2Pipeline component of a generation, tiny, from that generation's real configs."""
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
@@ -47,128 +116,97 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         LTX2VideoTransformer3DModel,
     )
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 
     tokenizer = build_tiny_tokenizer()
-    text_hidden, text_layers = 32, 2
     torch.manual_seed(seed)
-    text_encoder = Gemma3ForConditionalGeneration(
-        Gemma3Config(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": text_hidden,
-                "intermediate_size": 64,
-                "num_hidden_layers": text_layers,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-                "head_dim": 16,
-                "max_position_embeddings": 1024,
-                "sliding_window": 64,
-            },
-            vision_config={
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "image_size": 32,
-                "patch_size": 8,
-            },
-            mm_tokens_per_image=4,
+    video_inner, audio_inner = VIDEO_HEADS * VIDEO_HEAD_DIM, AUDIO_HEADS * AUDIO_HEAD_DIM
+    transformer = LTX2VideoTransformer3DModel.from_config(
+        _shrunk(
+            real_config(generation, "transformer"),
+            num_layers=num_layers,
+            num_attention_heads=VIDEO_HEADS,
+            attention_head_dim=VIDEO_HEAD_DIM,
+            cross_attention_dim=video_inner,
+            audio_num_attention_heads=AUDIO_HEADS,
+            audio_attention_head_dim=AUDIO_HEAD_DIM,
+            audio_cross_attention_dim=audio_inner,
+            caption_channels=TEXT_HIDDEN,
         )
     )
-    latent_channels, audio_latent_channels, mel_bins = 8, 4, 16
-    audio_tokens = audio_latent_channels * mel_bins // 4  # the audio VAE compresses mel bins 4x
-    transformer = LTX2VideoTransformer3DModel(
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        audio_in_channels=audio_tokens,
-        audio_out_channels=audio_tokens,
-        audio_num_attention_heads=2,
-        audio_attention_head_dim=4,
-        audio_cross_attention_dim=8,
-        num_layers=2,
-        qk_norm="rms_norm_across_heads",
-        caption_channels=text_hidden,
-        rope_double_precision=False,
-        rope_type="split",
-    )
-    connectors = LTX2TextConnectors(
-        caption_channels=text_hidden,
-        text_proj_in_factor=text_layers + 1,
-        video_connector_num_attention_heads=4,
-        video_connector_attention_head_dim=8,
+    connectors_config = _shrunk(
+        real_config(generation, "connectors"),
+        caption_channels=TEXT_HIDDEN,
+        text_proj_in_factor=TEXT_LAYERS + 1,
+        video_connector_num_attention_heads=VIDEO_HEADS,
+        video_connector_attention_head_dim=VIDEO_HEAD_DIM,
         video_connector_num_layers=1,
-        video_connector_num_learnable_registers=None,
-        audio_connector_num_attention_heads=4,
-        audio_connector_attention_head_dim=8,
+        video_connector_num_learnable_registers=8,
+        audio_connector_num_attention_heads=AUDIO_HEADS,
+        audio_connector_attention_head_dim=AUDIO_HEAD_DIM,
         audio_connector_num_layers=1,
-        audio_connector_num_learnable_registers=None,
-        connector_rope_base_seq_len=32,
-        rope_theta=10000.0,
-        rope_double_precision=False,
-        causal_temporal_positioning=False,
-        rope_type="split",
+        audio_connector_num_learnable_registers=8,
+        video_hidden_dim=video_inner,
+        audio_hidden_dim=audio_inner,
     )
-    # Explicit ratios: the block layout below does 32x / 8x, as the real VAE does.
-    vae = AutoencoderKLLTX2Video(
-        latent_channels=latent_channels,
-        block_out_channels=(16, 32, 64, 64),
-        decoder_block_out_channels=(16, 32, 64),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1),
-        spatial_compression_ratio=32,
-        temporal_compression_ratio=8,
+    connectors = LTX2TextConnectors.from_config(connectors_config)
+    vae_config = real_config(generation, "vae")
+    vae = AutoencoderKLLTX2Video.from_config(
+        _shrunk(
+            vae_config,
+            block_out_channels=[16, 32, 64, 64][: len(vae_config["block_out_channels"])],
+            decoder_block_out_channels=[16, 32, 32, 64][: len(vae_config["decoder_block_out_channels"])],
+            layers_per_block=[1] * len(vae_config["layers_per_block"]),
+            decoder_layers_per_block=[1] * len(vae_config["decoder_layers_per_block"]),
+        )
     )
-    audio_vae = AutoencoderKLLTX2Audio(
-        base_channels=audio_tokens,
-        output_channels=2,
-        ch_mult=(1, 2, 4),
-        num_res_blocks=1,
-        attn_resolutions=None,
-        in_channels=2,
-        resolution=32,
-        latent_channels=audio_latent_channels,
-        norm_type="pixel",
-        causality_axis="height",
-        dropout=0.0,
-        mid_block_add_attention=False,
-        sample_rate=16000,
-        mel_hop_length=160,
-        is_causal=True,
-        mel_bins=mel_bins,
+    audio_vae = AutoencoderKLLTX2Audio.from_config(
+        _shrunk(real_config(generation, "audio_vae"), num_res_blocks=1)
     )
-    # 100 mel frames/s upsampled 240x gives the real vocoder's 24 kHz stereo.
-    vocoder = LTX2Vocoder(
-        in_channels=2 * mel_bins,
-        hidden_channels=64,
-        out_channels=2,
-        upsample_kernel_sizes=[12, 10, 4, 4, 4],
-        upsample_factors=[6, 5, 2, 2, 2],
-        resnet_kernel_sizes=[3],
-        resnet_dilations=[[1, 3, 5]],
-        leaky_relu_negative_slope=0.1,
-        output_sampling_rate=24000,
-    )
-    return {
-        "scheduler": FlowMatchEulerDiscreteScheduler(),
+    vocoder_config = real_config(generation, "vocoder")
+    vocoder_cls = LTX2VocoderWithBWE if vocoder_config.get("bwe_hidden_channels") else LTX2Vocoder
+    vocoder = vocoder_cls.from_config(_shrunk(vocoder_config, hidden_channels=64, bwe_hidden_channels=32))
+    components: dict[str, Any] = {
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(real_config(generation, "scheduler")),
         "vae": vae,
         "audio_vae": audio_vae,
-        "text_encoder": text_encoder,
+        "text_encoder": _text_encoder(generation, len(tokenizer)),
         "tokenizer": tokenizer,
         "connectors": connectors,
         "transformer": transformer,
         "vocoder": vocoder,
     }
+    return components
 
 
-def save_tiny_model(target: Path, seed: int = 0) -> Path:
-    """Write the tiny model as a diffusers directory (atomically), to be loaded like real weights."""
+def build_tiny_upsampler(generation: str) -> Any:
+    """The x2 latent upsampler of a generation, tiny."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    return LTX2LatentUpsamplerModel.from_config(
+        _shrunk(real_config(generation, "latent_upsampler"), mid_channels=32, num_blocks_per_stage=1)
+    )
+
+
+def _save_lora(transformer: Any, path: Path, seed: int) -> None:
+    """A rank-4 LoRA over the transformer's attention projections, saved as diffusers' LoRA loader writes it."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model = type(transformer).from_config(transformer.config)
+    torch.manual_seed(seed)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    state = {f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(path))
+
+
+def save_tiny_repo(generation: str, target: Path, seed: int = 0, num_layers: int = 2) -> Path:
+    """Write a tiny model of a generation in its real repo's layout (atomically), loadable like real weights.
+
+    LTX-2.5 (Lightricks/LTX-2.5-Diffusers): distilled transformer/, transformer_full/, latent_upsampler/,
+    duration_head/ and the distilled LoRA at the root. LTX-2.3 and LTX-2 (full repos): the full or dev
+    transformer/, latent_upsampler/ and the distilled LoRA at the root.
+    """
     from diffusers import LTX2Pipeline
 
     if (target / "model_index.json").is_file():
@@ -176,8 +214,29 @@ def save_tiny_model(target: Path, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
-        pipeline: Any = LTX2Pipeline(**build_tiny_components(seed))
+        components = build_tiny_components(generation, seed, num_layers)
+        if generation == "2.5":
+            from diffusers.pipelines.ltx2.duration_head import LTX2DurationHead
+
+            components["duration_head"] = LTX2DurationHead.from_config(
+                _shrunk(
+                    real_config(generation, "duration_head"),
+                    video_cross_attention_dim=VIDEO_HEADS * VIDEO_HEAD_DIM,
+                    audio_cross_attention_dim=AUDIO_HEADS * AUDIO_HEAD_DIM,
+                    pooler_hidden_dim=16,
+                    mlp_hidden_dim=16,
+                )
+            )
+        pipeline: Any = LTX2Pipeline(**components)
         pipeline.save_pretrained(staging)
+        transformer = components["transformer"]
+        if generation == "2.5":
+            torch.manual_seed(seed + 1)
+            full = type(transformer).from_config(transformer.config)
+            full.save_pretrained(staging / "transformer_full")
+            # The shipped scheduler is the distilled one ([D] "LTX-2.5").
+        build_tiny_upsampler(generation).save_pretrained(staging / "latent_upsampler")
+        _save_lora(transformer, staging / LORA_NAMES[generation], seed + 2)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its copy is identical
@@ -186,3 +245,8 @@ def save_tiny_model(target: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def save_tiny_model(target: Path, seed: int = 0) -> Path:
+    """The built-in kinema/tiny model: a tiny LTX-2.5 repo."""
+    return save_tiny_repo("2.5", target, seed)

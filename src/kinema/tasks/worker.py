@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from kinema.apps.registry import App
-from kinema.apps.schema import OutputMeta, VideoInput, VideoOutput, parse_input
+from kinema.apps.schema import ModelRun, OutputMeta, VideoInput, VideoOutput, parse_input
 from kinema.apps.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
 from kinema.billing.pricing import bill
 from kinema.engines.base import (
@@ -106,8 +106,13 @@ def weights_dir(app: App, settings: Settings) -> Path:
     source = settings.model_paths.get(app.id, app.default_weights)
     if source == "builtin:tiny":
         return save_tiny_model(settings.models_dir / "kinema-tiny")
+    variant = app.sampling.variant if app.sampling is not None else "distilled"
     return resolve_weights(
-        app.id, source, allow_download=settings.allow_download, cache_dir=settings.hf_cache_dir
+        app.id,
+        source,
+        variant=variant,
+        allow_download=settings.allow_download,
+        cache_dir=settings.hf_cache_dir,
     )
 
 
@@ -115,17 +120,40 @@ def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Eng
     """The app's warm engine, loading it (after checking it fits) only the first time."""
     from kinema.engines.device import check_fits, choose_placement
     from kinema.engines.ltx2 import LTX2Engine, load_pipeline
+    from kinema.engines.ltx_recipes import LayoutError, plan_local_layout
+    from kinema.errors import ModelNotAvailable
 
     assert app.sampling is not None, f"{app.id} is not a local app"
     sampling = app.sampling
     model_dir = weights_dir(app, settings)
     placement = choose_placement(settings)
-    key = f"{app.id}|{model_dir}|{placement.key}|{settings.offload}"
+    key = f"{app.id}|{model_dir}|{sampling.variant}|{placement.key}|{settings.offload}"
 
     def loader() -> LTX2Engine:
-        check_fits(app.id, model_dir, placement, settings)
-        pipe = load_pipeline(model_dir, placement, offload=settings.offload, vae_tiling=settings.vae_tiling)
-        return LTX2Engine(pipe, sampling, placement)
+        try:
+            layout = plan_local_layout(model_dir, sampling.variant)
+        except LayoutError as exc:
+            raise ModelNotAvailable(f"{app.id}: {exc}", details={"weights": str(model_dir)}) from exc
+        folders = {
+            *layout.components,
+            layout.transformer,
+            *(x for x in (layout.upsampler, layout.stage2_lora) if x),
+        }
+        text_encoder = check_fits(app.id, model_dir, placement, settings, folders=folders)
+        if placement.device.type == "cuda" and text_encoder == "device":
+            text_encoder = "gpu"
+        loaded = load_pipeline(
+            model_dir,
+            layout,
+            placement,
+            offload=settings.offload,
+            vae_tiling=settings.vae_tiling,
+            text_encoder=text_encoder,
+        )
+        source = settings.model_paths.get(app.id, app.default_weights or "")
+        return LTX2Engine(
+            loaded, sampling, placement, layout=layout, weights=source, text_encoder=text_encoder
+        )
 
     engine, loaded = warm.get_or_load(key, loader)
     return engine, loaded
@@ -165,6 +193,7 @@ class Rendered:
 
     seed: int | None
     timings: dict[str, float]
+    model: dict[str, Any] | None = None  # what a local model ran, for output_meta
 
 
 def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task:
@@ -242,6 +271,7 @@ def _deliver(
         seed=rendered.seed,
         timings={k: round(v, 4) for k, v in timings.items()},
         billing=billing,
+        model=ModelRun.model_validate(rendered.model) if rendered.model is not None else None,
     )
     return VideoOutput(video=stored.url), meta
 
@@ -279,6 +309,7 @@ def _render_local(
     )
     clip = engine.generate(request, report, ctx.cancel)
     timings.update(clip.timings)
+    model = clip.model
 
     report(ProgressEvent("encode"))
     started = time.perf_counter()
@@ -293,7 +324,7 @@ def _render_local(
         options=encode_options(ctx.settings, hardware=engine.placement.device.type == "cuda"),
     )
     timings["encode"] = time.perf_counter() - started
-    return Rendered(seed=clip.seed, timings=timings)
+    return Rendered(seed=clip.seed, timings=timings, model=model)
 
 
 def _render_remote(
