@@ -248,7 +248,7 @@ def test_output_url_supports_range_requests_and_rejects_tampering(api: httpx.Cli
     assert expired.status_code == 403
 
 
-def test_failed_task_reports_a_clear_code_without_internals(
+def test_app_without_usable_weights_is_refused_at_submit_without_internals(
     settings: Settings, warm: WarmModels, tmp_path: Path
 ) -> None:
     broken = tmp_path / "not-a-model"
@@ -257,12 +257,13 @@ def test_failed_task_reports_a_clear_code_without_internals(
     server = LiveServer(served, warm).start()
     try:
         with server.client() as api:
-            task = api.post("/v1/apps/lightricks/ltx-2-fast/run", json={"prompt": "x", "duration": 1}).json()
-        assert task["status"] == "failed"
-        assert task["error"]["code"] and task["error"]["message"]
-        assert "Traceback" not in task["error"]["message"]
-        assert str(broken) not in task["error"]["message"]  # server paths stay in the server's log
-        assert task["error"]["code"] == "model_not_available"
-        assert task["output"] is None
+            response = api.post("/v1/apps/lightricks/ltx-2-fast/run", json={"prompt": "x", "duration": 1})
+            tasks = api.get("/v1/tasks").json()["data"]
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "app_unavailable" and "weights" in error["message"]
+        assert "Traceback" not in error["message"]
+        assert str(broken) not in error["message"]  # server paths stay on the server
+        assert tasks == []  # refused before queueing
     finally:
         server.stop()

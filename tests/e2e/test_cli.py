@@ -107,7 +107,8 @@ def test_unknown_app_is_a_clear_error(kinema_env: dict[str, str]) -> None:
 def test_real_app_without_weights_says_how_to_get_them(kinema_env: dict[str, str], tmp_path: Path) -> None:
     env = {**kinema_env, "KINEMA_HF_CACHE_DIR": str(tmp_path / "empty-cache")}
     result = kinema(env, "app", "run", "lightricks/ltx-2-fast", "--input", '{"prompt": "clouds"}')
-    assert result.returncode == 1
+    assert result.returncode == 2  # refused before any work, in one line
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "kinema models pull lightricks/ltx-2-fast" in result.stderr
     assert "Traceback" not in result.stderr
 

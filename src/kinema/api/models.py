@@ -42,6 +42,22 @@ class TaskList(BaseModel):
     )
 
 
+class WeightsOut(BaseModel):
+    """A local app's weights on this server."""
+
+    source: str = Field(description="The Hugging Face repo, `builtin:tiny`, or `local directory`.")
+    variant: str | None = Field(default=None, description="`distilled` (fast app) or `full`.")
+    present: bool = Field(description="Whether the files this app needs are on this server.")
+    generation: str | None = Field(
+        default=None, description="The LTX generation the weights hold, when known."
+    )
+    download_bytes: int | None = Field(default=None, description="What a download would fetch, when absent.")
+    download_size: str | None = Field(default=None, description="download_bytes for people, e.g. `72.0 GB`.")
+    download_estimated: bool = Field(
+        default=False, description="download_bytes is an estimate (the repo's file list is not cached here)."
+    )
+
+
 class AppSummary(BaseModel):
     id: str
     version: str
@@ -50,6 +66,9 @@ class AppSummary(BaseModel):
     available: bool = Field(default=True, description="Whether this server can run the app now.")
     unavailable_reason: str | None = Field(
         default=None, description="Why not, and how to fix it (e.g. the provider API key is not set)."
+    )
+    weights: WeightsOut | None = Field(
+        default=None, description="Local apps: their weights here; null otherwise."
     )
 
 
@@ -69,7 +88,10 @@ class AppDetail(BaseModel):
     input_schema: dict[str, Any]
     pricing: dict[str, Any]
     examples: list[dict[str, Any]]
-    weights: str | None = Field(description="The model weights (local apps); null for provider apps.")
+    weights: WeightsOut | None = Field(
+        description="Local apps: whether their weights are here, and the download size when not; null for "
+        "provider apps."
+    )
     engine: str = Field(description="`local` (a model on this server's GPU) or `remote` (a provider's API).")
     provider: dict[str, Any] | None = Field(
         default=None, description="For remote apps: the provider, which of its APIs and which model it calls."

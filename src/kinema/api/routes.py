@@ -45,6 +45,7 @@ from kinema.api.models import (
     WebhookDeliveryList,
     WebhookDeliveryOut,
     WebhookSecret,
+    WeightsOut,
 )
 from kinema.api.security import RequestLimiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
@@ -250,7 +251,9 @@ def add_run_route(app_def: App) -> None:
         ] = None,
     ) -> JSONResponse:
         st = state(request)
-        app_def.check_input(body, st.settings)  # 503 without a provider's key, 422 for what its key refuses
+        app_def.check_input(
+            body, st.settings
+        )  # 503 without a key or weights, 422 for what a key refuses
         options = RunOptions(
             webhook=webhook,
             webhook_events=tuple(webhook_events_filter) if webhook_events_filter else None,
@@ -297,21 +300,25 @@ async def run_unknown_app(owner: str, name: str, key: Principal) -> None:
 
 @router.get("/v1/apps", tags=["apps"], response_model=AppList, responses=ERRORS)
 async def apps_list(request: Request, key: Principal) -> AppList:
-    """The catalogue of apps, each saying whether this server can run it (and if not, why)."""
+    """The catalogue of apps, each saying whether this server can run it (and if not, why), and for a local
+    app whether its weights are here and how big the download is when they are not."""
     settings = state(request).settings
-    return AppList(
-        data=[
+    data = []
+    for a in list_apps():
+        availability = a.availability(settings)
+        weights = a.describe_weights(settings)
+        data.append(
             AppSummary(
                 id=a.id,
                 version=a.version,
                 title=a.title,
                 description=a.description,
-                available=a.availability(settings).available,
-                unavailable_reason=a.availability(settings).reason,
+                available=availability.available,
+                unavailable_reason=availability.reason,
+                weights=WeightsOut.model_validate(weights) if weights is not None else None,
             )
-            for a in list_apps()
-        ]
-    )
+        )
+    return AppList(data=data)
 
 
 @router.get("/v1/apps/{owner}/{name}", tags=["apps"], response_model=AppDetail, responses=ERRORS)

@@ -26,7 +26,7 @@ from kinema.cli.common import (
     remote_errors,
 )
 from kinema.engines.base import ProgressEvent
-from kinema.errors import InvalidInput, KinemaError
+from kinema.errors import AppUnavailable, InvalidInput, KinemaError
 from kinema.settings import Settings
 from kinema.tasks.models import TaskStatus
 
@@ -123,18 +123,35 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
                     "description": a.description,
                     "available": a.availability(settings).available,
                     "unavailable_reason": a.availability(settings).reason,
+                    "weights": a.describe_weights(settings),
                 }
                 for a in apps
             ]
         )
         return
-    table = Table("app", "version", "description", "available")
+    table = Table("app", "version", "description", "weights", "available")
     for a in apps:
         availability = a.availability(settings)
         table.add_row(
-            a.id, a.version, a.description, "yes" if availability.available else f"no: {availability.reason}"
+            a.id,
+            a.version,
+            a.description,
+            weights_cell(a.describe_weights(settings)),
+            "yes" if availability.available else f"no: {availability.reason}",
         )
     out.print(table)
+
+
+def weights_cell(weights: dict[str, Any] | None) -> str:
+    """A local app's weights in a word or two: here, or the download size."""
+    if weights is None:
+        return "provider"
+    if weights["present"]:
+        return "here" + (f" (LTX-{weights['generation']})" if weights["generation"] else "")
+    size = weights["download_size"]
+    if size is None:
+        return "missing"
+    return f"not here ({'about ' if weights['download_estimated'] else ''}{size} to download)"
 
 
 @apps_cli.command("show")
@@ -172,8 +189,11 @@ def app_show(
     if info["provider"] is not None:
         provider = info["provider"]
         out.print(f"provider: {provider['name']} ({provider.get('api')} API), model {provider.get('model')}")
-    else:
-        out.print(f"weights: {a.default_weights}")
+    elif info["weights"] is not None:
+        weights = info["weights"]
+        out.print(
+            f"weights: {weights['source']} ({weights['variant']}): {weights_cell(weights)}", highlight=False
+        )
 
 
 class StageProgress:
@@ -240,7 +260,7 @@ def app_run(
     raw = parse_input_option(input_text)
     try:
         prepared = prepare_input(a, raw, settings, allow_local_paths=True)
-    except InvalidInput as exc:
+    except (InvalidInput, AppUnavailable) as exc:  # bad input, or no key / no weights here: before any work
         raise fail(exc.message, 2) from None
     if not a.is_remote:  # a provider app never imports torch/diffusers, so has none of their chatter
         quiet_libraries()
@@ -505,28 +525,106 @@ def task_logs(
 
 
 @models_cli.command("pull")
-def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> None:
-    """Download an app's weights into the Hugging Face cache, with progress."""
-    from kinema.engines.loading import download_weights, is_local_source
-    from kinema.tasks.worker import weights_dir
+def models_pull(
+    app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Download the files an app needs into the Hugging Face cache, showing the size first."""
+    from kinema.engines.loading import DownloadPlan, download_weights, human_bytes, is_local_source
 
     a = lookup(app_id)
     settings = Settings()
-    if a.default_weights is None:
+    if a.default_weights is None or a.sampling is None:
         out.print(f"{a.id} runs on the provider's servers; there are no weights to download")
         return
     source = settings.model_paths.get(a.id, a.default_weights)
+    status = a.weights_status(settings)
     if source.startswith("builtin:") or is_local_source(source):
-        path = weights_dir(a, settings)
-        out.print(f"{a.id} needs no download; its weights are at {path}")
+        if status is not None and not status.present:
+            raise fail(f"{a.id} uses the directory {source}, which holds no usable model: {status.reason}", 1)
+        out.print(f"{a.id} needs no download; its weights are {source}")
         return
-    size = f" (about {a.approx_download_gb:g} GB)" if a.approx_download_gb else ""
-    err.print(f"downloading {source}{size} into the Hugging Face cache…")
+    variant = a.sampling.variant
+    plans: list[DownloadPlan] = []
+
+    def announce(plan: DownloadPlan) -> None:
+        plans.append(plan)
+        have = plan.total_bytes - plan.missing_bytes
+        already = f", {human_bytes(have)} already here" if have else ""
+        err.print(
+            f"{a.id}: {source} LTX-{plan.generation} {variant}, {len(plan.files)} files, "
+            f"{human_bytes(plan.total_bytes)}{already}; downloading {human_bytes(plan.missing_bytes)} into "
+            "the Hugging Face cache…",
+            highlight=False,
+        )
+
     try:
-        path = download_weights(source, cache_dir=settings.hf_cache_dir)
+        path = download_weights(source, variant=variant, cache_dir=settings.hf_cache_dir, on_plan=announce)
     except KinemaError as exc:
         raise fail(exc.message) from None
-    out.print(f"{a.id}: weights ready at {path}")
+    if as_json:
+        plan = plans[0] if plans else None
+        out.print_json(
+            data={
+                "app": a.id,
+                "source": source,
+                "variant": variant,
+                "path": str(path),
+                "generation": plan.generation if plan else None,
+                "revision": plan.revision if plan else None,
+                "files": list(plan.files) if plan else [],
+                "total_bytes": plan.total_bytes if plan else None,
+                "downloaded_bytes": plan.missing_bytes if plan else None,
+            }
+        )
+        return
+    out.print(f"{a.id}: weights ready at {path}", highlight=False, soft_wrap=True)
+
+
+@models_cli.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the downloaded models: Hugging Face cache and KINEMA_MODEL_PATHS directories."""
+    from kinema.engines.loading import human_bytes, is_local_source, stored_models
+
+    settings = Settings()
+    local_dirs = sorted(
+        {
+            Path(s).expanduser()
+            for s in settings.model_paths.values()
+            if not s.startswith("builtin:") and is_local_source(s)
+        }
+    )
+    rows: list[dict[str, Any]] = []
+    for model in stored_models(settings.hf_cache_dir, local_dirs):
+        serves = [
+            a.id
+            for a in list_apps()
+            if (status := a.weights_status(settings)) is not None
+            and status.present
+            and status.path == model.path
+        ]
+        rows.append(
+            {
+                "source": model.source,
+                "path": str(model.path),
+                "revision": model.revision,
+                "generation": model.generation,
+                "size_bytes": model.size_bytes,
+                "size": human_bytes(model.size_bytes),
+                "serves": serves,
+            }
+        )
+    if as_json:
+        out.print_json(data=rows)
+        return
+    if not rows:
+        out.print("no models downloaded yet; get one with `kinema models pull lightricks/ltx-2-fast`")
+        return
+    table = Table("model", "generation", "size on disk", "serves", "path")
+    for row in rows:
+        generation = f"LTX-{row['generation']}" if row["generation"] else "?"
+        table.add_row(row["source"], generation, row["size"], ", ".join(row["serves"]) or "-", row["path"])
+    out.print(table)
 
 
 SERVE_HELP = """Start the API, a worker and the file server in one process.
