@@ -17,6 +17,7 @@ from kinema.apps.veo import (
     missing_key_reason,
 )
 from kinema.billing.pricing import PriceTable
+from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source, weights_status
 from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import AppNotFound, AppUnavailable
 from kinema.settings import Settings
@@ -89,11 +90,49 @@ class App:
         """The input model as JSON Schema."""
         return self.input_model.model_json_schema()
 
+    def weights_status(self, settings: Settings) -> WeightsStatus | None:
+        """Whether a local app's weights are on this machine (cache and directories only, no network)."""
+        if self.sampling is None or self.default_weights is None:
+            return None
+        source = settings.model_paths.get(self.id, self.default_weights)
+        return weights_status(self.id, source, self.sampling.variant, settings.hf_cache_dir)
+
     def availability(self, settings: Settings) -> Availability:
-        """Whether this server can run the app (a provider app needs its API key)."""
+        """Whether this server can run the app: a provider app needs its API key, a local app its weights."""
         if self.remote is not None and self.remote.provider == "google" and settings.google_api_key is None:
             return Availability(False, missing_key_reason())
-        return Availability(True)
+        status = self.weights_status(settings)
+        if status is None or status.present:
+            return Availability(True)
+        if is_local_source(status.source):
+            # The reason is public (GET /v1/apps): no server paths in it.
+            return Availability(
+                False, "needs its weights: its KINEMA_MODEL_PATHS directory holds no usable model"
+            )
+        if settings.allow_download:
+            return Availability(True)  # fetched on first run
+        size = f", about {human_bytes(status.download_bytes)}" if status.download_bytes else ""
+        return Availability(
+            False,
+            f"needs its weights ({status.source}{size}), which are not on this machine: download them with "
+            f"`kinema models pull {self.id}`, or set KINEMA_ALLOW_DOWNLOAD=1 to fetch them on first run",
+        )
+
+    def describe_weights(self, settings: Settings) -> dict[str, Any] | None:
+        """The weights part of describe(): source, present, generation, download size when absent."""
+        status = self.weights_status(settings)
+        if status is None:
+            return None
+        download = None if status.present else status.download_bytes
+        return {
+            "source": "local directory" if is_local_source(status.source) else status.source,
+            "variant": self.sampling.variant if self.sampling is not None else None,
+            "present": status.present,
+            "generation": status.generation,
+            "download_bytes": download,
+            "download_size": human_bytes(download) if download else None,
+            "download_estimated": download is not None and not status.download_exact,
+        }
 
     def check_input(self, validated: VideoInput, settings: Settings) -> None:
         """Refuse what this server cannot run, before any work: AppUnavailable (503) or InvalidInput (422)."""
@@ -135,7 +174,7 @@ class App:
                 },
             },
             "examples": list(self.examples),
-            "weights": self.default_weights,
+            "weights": self.describe_weights(settings) if settings is not None else None,
             "engine": "remote" if self.is_remote else "local",
             "provider": provider,
             "available": availability.available,
