@@ -134,16 +134,22 @@ def build_tiny_components(generation: str = "2.5", seed: int = 0, num_layers: in
             caption_channels=TEXT_HIDDEN,
         )
     )
+    real_connectors = real_config(generation, "connectors")
+    # LTX-2 connectors work at the text encoder's width (the transformer projects captions); from 2.3 on
+    # they project per modality to the transformer's video and audio widths.
+    per_modality = bool(real_connectors.get("per_modality_projections"))
+    video_width = video_inner if per_modality else TEXT_HIDDEN
+    audio_width = audio_inner if per_modality else TEXT_HIDDEN
     connectors_config = _shrunk(
-        real_config(generation, "connectors"),
+        real_connectors,
         caption_channels=TEXT_HIDDEN,
         text_proj_in_factor=TEXT_LAYERS + 1,
-        video_connector_num_attention_heads=VIDEO_HEADS,
-        video_connector_attention_head_dim=VIDEO_HEAD_DIM,
+        video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=video_width // 2,
         video_connector_num_layers=1,
         video_connector_num_learnable_registers=8,
-        audio_connector_num_attention_heads=AUDIO_HEADS,
-        audio_connector_attention_head_dim=AUDIO_HEAD_DIM,
+        audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=audio_width // 2,
         audio_connector_num_layers=1,
         audio_connector_num_learnable_registers=8,
         video_hidden_dim=video_inner,
@@ -154,8 +160,9 @@ def build_tiny_components(generation: str = "2.5", seed: int = 0, num_layers: in
     vae = AutoencoderKLLTX2Video.from_config(
         _shrunk(
             vae_config,
-            block_out_channels=[16, 32, 64, 64][: len(vae_config["block_out_channels"])],
-            decoder_block_out_channels=[16, 32, 32, 64][: len(vae_config["decoder_block_out_channels"])],
+            # 1/16 of every width keeps the real ratios between blocks (the upsamplers depend on them).
+            block_out_channels=[c // 16 for c in vae_config["block_out_channels"]],
+            decoder_block_out_channels=[c // 16 for c in vae_config["decoder_block_out_channels"]],
             layers_per_block=[1] * len(vae_config["layers_per_block"]),
             decoder_layers_per_block=[1] * len(vae_config["decoder_layers_per_block"]),
         )
