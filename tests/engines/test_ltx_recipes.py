@@ -50,7 +50,9 @@ def tiny_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _engine(repo: Path, variant: str) -> LTX2Engine:
     layout = plan_local_layout(repo, variant)  # type: ignore[arg-type]
     loaded = load_pipeline(repo, layout, CPU, offload="none", vae_tiling=False, text_encoder="device")
-    return LTX2Engine(loaded, LTX2Sampling(variant=variant, max_sequence_length=64), CPU, layout=layout, weights=str(repo))  # type: ignore[arg-type]
+    return LTX2Engine(
+        loaded, LTX2Sampling(variant=variant, max_sequence_length=64), CPU, layout=layout, weights=str(repo)
+    )  # type: ignore[arg-type]
 
 
 def _request(image: Image.Image | None = None, audio: bool = True) -> GenerationRequest:
@@ -106,7 +108,10 @@ class Recorder:
             )
             if len(recorder.forwards) <= compute:
                 return real_forward(*args, **kwargs)
-            return (torch.zeros_like(kwargs["hidden_states"]), torch.zeros_like(kwargs["audio_hidden_states"]))
+            return (
+                torch.zeros_like(kwargs["hidden_states"]),
+                torch.zeros_like(kwargs["audio_hidden_states"]),
+            )
 
         monkeypatch.setattr(transformer, "forward", forward)
 
@@ -129,7 +134,11 @@ def test_generation_is_detected_from_configs_not_the_name(
 
 def test_layouts_follow_the_real_repos(tiny_repos: dict[str, Path], tmp_path: Path) -> None:
     fast25 = plan_local_layout(tiny_repos["2.5"], "distilled")
-    assert (fast25.transformer, fast25.stage2_lora, fast25.upsampler) == ("transformer", None, "latent_upsampler")
+    assert (fast25.transformer, fast25.stage2_lora, fast25.upsampler) == (
+        "transformer",
+        None,
+        "latent_upsampler",
+    )
     full25 = plan_local_layout(tiny_repos["2.5"], "full")
     assert full25.transformer == "transformer_full"
     assert full25.stage2_lora == "ltx-2.5-22b-distilled-lora-450-bf16.safetensors"
@@ -239,7 +248,11 @@ def test_4k_uses_the_latent_upsampler_not_pixel_scaling() -> None:
     for width, height in ((1280, 720), (720, 1280), (720, 720), (1920, 1080), (1080, 1920), (1080, 1080)):
         s = stage_sizes(width, height, multiple=64, max_refine_pixels=1920 * 1088, two_stage=True)
         assert s.decoded == s.refine and s.refine[0] % 64 == 0 and s.refine[1] % 64 == 0
-        assert s.refine[0] >= width and s.refine[1] >= height and s.stage1 == (s.refine[0] // 2, s.refine[1] // 2)
+        assert (
+            s.refine[0] >= width
+            and s.refine[1] >= height
+            and s.stage1 == (s.refine[0] // 2, s.refine[1] // 2)
+        )
     for width, height in ((2160, 3840), (2160, 2160)):
         s = stage_sizes(width, height, multiple=64, max_refine_pixels=1920 * 1088, two_stage=True)
         assert s.extra_upsample and s.decoded[0] >= width and s.decoded[1] >= height

@@ -125,10 +125,12 @@ def test_progress_reports_stages_and_every_denoising_step(ctx: RunContext) -> No
     run_task(TINY, {"prompt": "progress", "duration": 0.25, "generate_audio": True}, ctx)
     stages = [e.stage for e in events]
     assert stages[0] == "load"
-    for stage in ("encode_text", "denoise", "decode_video", "decode_audio", "encode", "store"):
+    for stage in ("encode_text", "denoise", "upsample", "decode_video", "decode_audio", "encode", "store"):
         assert stage in stages
+    # Two stages on one bar: 8 distilled steps, the upsampler, then 3 refining steps.
     steps = [(e.step, e.total) for e in events if e.stage == "denoise"]
-    assert steps == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert steps == [(i, 11) for i in range(9)] + [(i, 11) for i in range(8, 12)]
+    assert stages.index("upsample") > stages.index("denoise")
 
 
 def _leftovers(ctx: RunContext) -> list[Path]:
@@ -179,3 +181,23 @@ def test_output_probe_agrees_with_ffprobe_on_odd_durations(ctx: RunContext) -> N
     assert int(video["nb_read_frames"]) == 7
     assert task.output_meta is not None and task.output_meta.frames == 7
     assert task.output_meta.billing.billable_seconds == "0.292"
+
+
+def test_cancel_during_decoding_stops_after_one_temporal_chunk(ctx: RunContext) -> None:
+    from kinema.tasks.worker import load_engine
+
+    engine, _ = load_engine(TINY, ctx.settings, ctx.warm)
+    chunks: list[int] = []
+
+    def after_chunk(module: object, args: object, output: object) -> None:
+        chunks.append(1)
+        ctx.cancel.cancel()  # a cancel arriving while the first chunk decodes
+
+    hook = engine.pipe.vae.decoder.register_forward_hook(after_chunk)
+    try:
+        task = run_task(TINY, {"prompt": "cancel in decode", "duration": 4.0}, ctx)
+    finally:
+        hook.remove()
+    assert task.status is TaskStatus.cancelled
+    assert len(chunks) == 1  # a 4 s clip is 3 chunks; the decode stopped after the first
+    assert not _leftovers(ctx)

@@ -251,9 +251,7 @@ def add_run_route(app_def: App) -> None:
         ] = None,
     ) -> JSONResponse:
         st = state(request)
-        app_def.check_input(
-            body, st.settings
-        )  # 503 without a key or weights, 422 for what a key refuses
+        app_def.check_input(body, st.settings)  # 503 without a key or weights, 422 for what a key refuses
         options = RunOptions(
             webhook=webhook,
             webhook_events=tuple(webhook_events_filter) if webhook_events_filter else None,

@@ -56,6 +56,7 @@ STAGE_LABELS = {
     "load": "loading model",
     "encode_text": "encoding text",
     "denoise": "denoising",
+    "upsample": "upsampling latents x2",
     "decode_video": "decoding video",
     "decode_audio": "decoding audio",
     "encode": "encoding MP4",

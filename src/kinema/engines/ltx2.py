@@ -98,8 +98,11 @@ def load_pipeline(
         upsampler.to(placement.device)
     if vae_tiling and placement.device.type == "cuda":
         pipe.vae.enable_tiling()
-    # Temporal chunks bound decode memory and let a cancel stop the decode between chunks.
+    # Temporal chunks of 6 latent frames (48 video frames, 8 blended) bound decode memory and let a cancel
+    # stop the decode between chunks; clips up to 2 s decode in one piece.
     pipe.vae.use_framewise_decoding = True
+    pipe.vae.tile_sample_min_num_frames = 48
+    pipe.vae.tile_sample_stride_num_frames = 40
     if placement.compile:
         pipe.transformer.compile_repeated_blocks(fullgraph=False)
     pipe.set_progress_bar_config(disable=True)
@@ -169,7 +172,7 @@ class LTX2Engine:
         self.pipe = loaded["pipe"]
         self.i2v = LTX2ImageToVideoPipeline.from_pipe(self.pipe)
         self.i2v.set_progress_bar_config(disable=True)
-        self.upsample_pipe = None
+        self.upsample_pipe: Any = None
         if loaded["upsampler"] is not None:
             self.upsample_pipe = LTX2LatentUpsamplePipeline(
                 vae=self.pipe.vae, latent_upsampler=loaded["upsampler"]
@@ -206,7 +209,7 @@ class LTX2Engine:
     def generate(
         self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
     ) -> GeneratedClip:
-        """Encode the prompt, run the recipe's stages on video and audio latents, decode what was asked for."""
+        """Encode the prompt, run the recipe's stages on video and audio latents, then decode them."""
         timings: dict[str, float] = {}
         sizes = stage_sizes(
             request.width,

@@ -37,7 +37,8 @@ STAGE_2_SIGMAS: tuple[float, ...] = (0.909375, 0.725, 0.421875)
 class Guidance:
     """Every guidance term LTX2Pipeline takes, video and audio; the defaults mean no guidance at all.
 
-    Distilled models run unguided ([L] distilled.py; [D] "runs unguided"): CFG 1, STG 0, modality 1, no rescale.
+    Distilled models run unguided ([L] distilled.py; [D] "runs unguided"): CFG 1, STG 0, modality 1,
+    no rescale.
     Passing only guidance_scale=1 is not enough: the pipeline's own defaults (STG 1, modality 3, audio CFG 7)
     would still run two extra transformer passes per step.
     """
@@ -111,7 +112,7 @@ class Recipe:
     max_sequence_length: int = 1024  # [P] max_sequence_length default
     decode_timestep: float = 0.05  # [L] constants: decode timestep / noise scale for the timestep-aware VAE
     decode_noise_scale: float = 0.025
-    # Parameter counts for the fit check and download estimates ([D] model cards; sizes in bf16 = 2 bytes each).
+    # Parameter counts for the fit check and download estimates ([D] model cards; bf16 = 2 bytes each).
     transformer_params: float = 19e9
     text_encoder_params: float = 12e9
     upsampler_params: float = 0.5e9
@@ -204,7 +205,7 @@ class Layout:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def needed_paths(self, files: list[str]) -> list[str]:
-        """The repo files this variant loads: configs and tokenizer files always, weights only for our parts."""
+        """The repo files this variant loads: configs and tokenizer files, and only its own weights."""
         folders = {*self.components, "scheduler", "tokenizer"}
         if not self.transformer_single_file:
             folders.add(self.transformer)
@@ -271,7 +272,7 @@ def plan_layout(
                 generation, variant, "transformer", False, None, upsampler, components, tuple(notes)
             )
         if singles:
-            # LTX-2 ships its distilled DiT as one original-format checkpoint at the root [D] (transformer/ is dev).
+            # LTX-2 ships its distilled DiT as one original-format file at the root (transformer/ is dev).
             return Layout(generation, variant, singles[0], True, None, upsampler, components, tuple(notes))
         if loras and "transformer" in folders:
             notes.append(
@@ -281,8 +282,8 @@ def plan_layout(
                 generation, variant, "transformer", False, loras[0], upsampler, components, tuple(notes)
             )
         raise LayoutError(
-            f"these LTX-{generation} weights hold no distilled transformer (transformer/ is the full model and"
-            " there is no distilled checkpoint at the root); use the full app, or point the fast app at"
+            f"these LTX-{generation} weights hold no distilled transformer (transformer/ is the full model"
+            " and there is no distilled checkpoint at the root); use the full app, or point the fast app at"
             " distilled weights"
         )
     if "transformer_full" in folders:

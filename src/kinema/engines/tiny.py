@@ -196,7 +196,7 @@ def build_tiny_upsampler(generation: str) -> Any:
 
 
 def _save_lora(transformer: Any, path: Path, seed: int) -> None:
-    """A rank-4 LoRA over the transformer's attention projections, saved as diffusers' LoRA loader writes it."""
+    """A rank-4 LoRA over the transformer's attention projections, in diffusers' LoRA format."""
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 

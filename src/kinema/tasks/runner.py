@@ -31,6 +31,7 @@ STAGE_MESSAGES = {
     "load": "loading the model",
     "encode_text": "encoding the prompt",
     "denoise": "denoising",
+    "upsample": "upsampling latents x2",
     "decode_video": "decoding video",
     "decode_audio": "decoding audio",
     "encode": "encoding the MP4",

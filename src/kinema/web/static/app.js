@@ -12,6 +12,7 @@ const STAGES = [
   ["load", "Loading the model"],
   ["encode_text", "Encoding the prompt"],
   ["denoise", "Denoising"],
+  ["upsample", "Upsampling latents"],
   ["decode_video", "Decoding video"],
   ["decode_audio", "Decoding audio"],
   ["encode", "Encoding the MP4"],
