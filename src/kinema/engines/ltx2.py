@@ -413,7 +413,8 @@ class LTX2Engine:
         self.calls.append(
             {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor | torch.Generator)}
         )
-        progress(ProgressEvent("denoise", done, total))
+        if done == 0:  # one bar across both stages: 0..total, each step once
+            progress(ProgressEvent("denoise", 0, total))
         if request.image is not None:
             output = self.i2v(
                 image=_fit_image(request.image, stage.width, stage.height),
