@@ -16,19 +16,27 @@ from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import OutputMeta
 from kinema.cli.accounts import admin_cli, keys_cli
 from kinema.cli.common import (
+    USAGE,
     ApiKeyOption,
     RemoteOption,
     err,
+    exit_code_for,
     fail,
     local_time,
     out,
+    print_table,
     remote_client,
     remote_errors,
 )
 from kinema.engines.base import ProgressEvent
-from kinema.errors import InvalidInput, KinemaError
+from kinema.errors import AppUnavailable, InvalidInput, KinemaError
 from kinema.settings import Settings
 from kinema.tasks.models import TaskStatus
+
+try:  # Typer >= 0.20 carries its own copy of click; older ones use click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from kinema.client import Client, Event
@@ -70,7 +78,7 @@ def lookup(app_id: str) -> App:
     try:
         return get_app(app_id)
     except KinemaError as exc:
-        raise fail(exc.message, 2) from None
+        raise fail(exc.message, USAGE) from None
 
 
 def parse_input_option(text: str) -> Any:
@@ -81,13 +89,13 @@ def parse_input_option(text: str) -> Any:
         try:
             text = path.read_text()
         except OSError as exc:
-            raise fail(f"cannot read input file {path}: {exc.strerror}", 2) from None
+            raise fail(f"cannot read input file {path}: {exc.strerror}", USAGE) from None
         source = str(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise fail(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", USAGE
         ) from None
 
 
@@ -134,7 +142,7 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
         table.add_row(
             a.id, a.version, a.description, "yes" if availability.available else f"no: {availability.reason}"
         )
-    out.print(table)
+    print_table(table)
 
 
 @apps_cli.command("show")
@@ -164,11 +172,11 @@ def app_show(
             kind = " | ".join(str(choice) for choice in prop["enum"])
         default = "required" if name in required else json.dumps(prop.get("default"))
         table.add_row(name, str(kind), default, prop.get("description", ""))
-    out.print(table)
+    print_table(table)
     prices = Table("configuration", f"per second ({a.pricing.currency})", title="pricing")
     for key, value in info["pricing"]["per_second"].items():
         prices.add_row(key, value)
-    out.print(prices)
+    print_table(prices)
     if info["provider"] is not None:
         provider = info["provider"]
         out.print(f"provider: {provider['name']} ({provider.get('api')} API), model {provider.get('model')}")
@@ -240,8 +248,8 @@ def app_run(
     raw = parse_input_option(input_text)
     try:
         prepared = prepare_input(a, raw, settings, allow_local_paths=True)
-    except InvalidInput as exc:
-        raise fail(exc.message, 2) from None
+    except (InvalidInput, AppUnavailable) as exc:  # refused before any work: the README's exit 2
+        raise fail(exc.message, USAGE) from None
     if not a.is_remote:  # a provider app never imports torch/diffusers, so has none of their chatter
         quiet_libraries()
     from kinema.engines.cache import WARM_MODELS
@@ -278,7 +286,7 @@ def print_result(task: LocalTask | RemoteTask, where: Path | str) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("task", task.id)
     add_meta_rows(table, task.output_meta)
-    out.print(table)
+    print_table(table)
 
 
 def add_meta_rows(table: Table, meta: OutputMeta) -> None:
@@ -354,7 +362,7 @@ def finish_remote(client: Client, task: RemoteTask, output: Path | None, as_json
 def run_remote(client: Client, app_id: str, raw: Any, output: Path | None, as_json: bool) -> None:
     """`app run` on a server: submit, follow the events with a progress bar, download the MP4."""
     if not isinstance(raw, dict):
-        raise fail("invalid input: expected a JSON object", 2)
+        raise fail("invalid input: expected a JSON object", USAGE)
     with client, remote_errors():
         try:
             task = client.submit(app_id, raw)
@@ -393,7 +401,7 @@ def print_task(task: RemoteTask) -> None:
         table.add_row("error", f"{task.error.message} ({task.error.code})")
     if task.output_meta:
         add_meta_rows(table, task.output_meta)
-    out.print(table)
+    print_table(table)
     if task.output:
         out.print(task.output.video, highlight=False, soft_wrap=True)
 
@@ -445,7 +453,7 @@ def task_list(
             f"{meta.duration:g} s" if meta else "",
             f"{meta.billing.cost} {meta.billing.currency}" if meta else "",
         )
-    out.print(table)
+    print_table(table)
     if page.next_cursor:
         err.print(f"more: --cursor {page.next_cursor}", highlight=False, soft_wrap=True)
 
@@ -491,6 +499,9 @@ def task_logs(
     follow_log: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the task ends.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every event (status, progress, log, task) as a JSON line.")
+    ] = False,
     remote: RemoteOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -498,35 +509,51 @@ def task_logs(
     with remote_client(remote, api_key) as client, remote_errors():
         try:
             for event in client.stream(task_id, idle_timeout=None if follow_log else LOGS_IDLE_S):
-                if event.message is not None:
+                if as_json:
+                    line = json.dumps({"id": event.id, "event": event.event, "data": event.data})
+                    out.print(line, highlight=False, markup=False, soft_wrap=True)
+                elif event.message is not None:
                     out.print(event.message, highlight=False, markup=False, soft_wrap=True)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 
 
 @models_cli.command("pull")
-def models_pull(app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")]) -> None:
+def models_pull(
+    app_id: Annotated[str, typer.Argument(metavar="OWNER/APP")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"app", "weights", "downloaded"} as JSON.')
+    ] = False,
+) -> None:
     """Download an app's weights into the Hugging Face cache, with progress."""
     from kinema.engines.loading import download_weights, is_local_source
     from kinema.tasks.worker import weights_dir
 
     a = lookup(app_id)
     settings = Settings()
+
+    def report(message: str, path: Path | None, downloaded: bool) -> None:
+        if as_json:
+            weights = str(path) if path is not None else None
+            out.print_json(data={"app": a.id, "weights": weights, "downloaded": downloaded})
+        else:
+            out.print(message, highlight=False, markup=False)
+
     if a.default_weights is None:
-        out.print(f"{a.id} runs on the provider's servers; there are no weights to download")
+        report(f"{a.id} runs on the provider's servers; there are no weights to download", None, False)
         return
     source = settings.model_paths.get(a.id, a.default_weights)
     if source.startswith("builtin:") or is_local_source(source):
         path = weights_dir(a, settings)
-        out.print(f"{a.id} needs no download; its weights are at {path}")
+        report(f"{a.id} needs no download; its weights are at {path}", path, False)
         return
     size = f" (about {a.approx_download_gb:g} GB)" if a.approx_download_gb else ""
-    err.print(f"downloading {source}{size} into the Hugging Face cache…")
+    err.print(f"downloading {source}{size} into the Hugging Face cache…", highlight=False)
     try:
         path = download_weights(source, cache_dir=settings.hf_cache_dir)
     except KinemaError as exc:
-        raise fail(exc.message) from None
-    out.print(f"{a.id}: weights ready at {path}")
+        raise fail(exc.message, exit_code_for(exc)) from None
+    report(f"{a.id}: weights ready at {path}", path, True)
 
 
 SERVE_HELP = """Start the API, a worker and the file server in one process.
@@ -584,12 +611,26 @@ def serve(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every refusal (a usage error too) is one line on stderr and exit 2."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `kinema app`: Typer has printed the group's help
+            sys.exit(USAGE)
+        # A missing or unknown option: one line, not Rich's boxed panel.
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(f"{exc.format_message()}{hint}", USAGE)
+        sys.exit(USAGE)
+    except ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C or EOF at a prompt
+        fail("aborted", 130)
+        sys.exit(130)
     except KinemaError as exc:  # anything not already turned into a message
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        sys.exit(1)
+        fail(exc.message, exit_code_for(exc))
+        sys.exit(exit_code_for(exc))
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":
