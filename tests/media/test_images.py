@@ -506,7 +506,7 @@ def test_redirect_to_plain_http_is_refused(server: ImageServer) -> None:
         "https://[::1]/a.png",
         "https://[::ffff:127.0.0.1]/a.png",
         "https://localhost/a.png",
-        "https://user:pw@127.0.0.1:8443/a.png?token=x",
+        "https://127.0.0.1:8443/a.png?token=x",
     ],
 )
 def test_private_url_is_refused_without_connecting(url: str, connections: list[str]) -> None:
@@ -515,6 +515,16 @@ def test_private_url_is_refused_without_connecting(url: str, connections: list[s
         load_image(url, ImageLimits())
     assert connections == []
     assert time.monotonic() - started < 1.0
+    assert "pw" not in str(raised.value) and "token" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://user:pw@127.0.0.1:8443/a.png?token=x", "https://u@1.2.3.4/", "http://127.0.0.1\\@1.2.3.4/"]
+)
+def test_userinfo_is_refused_without_connecting(url: str, connections: list[str]) -> None:
+    with pytest.raises(UnsafeURL, match="user name or password|backslash") as raised:
+        load_image(url, ImageLimits(allow_private_urls=True))
+    assert connections == []
     assert "pw" not in str(raised.value) and "token" not in str(raised.value)
 
 

@@ -31,6 +31,7 @@ HTTP_CODES = {
     422: "invalid_input",
     429: "rate_limited",
     503: "unavailable",
+    507: "storage_error",
 }
 
 
@@ -82,7 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KinemaError)
     async def kinema_error(_request: Request, exc: KinemaError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
