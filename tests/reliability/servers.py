@@ -22,8 +22,9 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 def data_dir(tmp: Path, tiny_model_dir: Path) -> Path:
     """A data directory with the session's tiny model linked in."""
     root = tmp / "data"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    if not (root / "models" / "kinema-tiny").exists():
+        (root / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
     return root
 
 
@@ -69,10 +70,14 @@ def loopback_only() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def fake_dns(answers: dict[str, list[str]]) -> Iterator[dict[str, list[str]]]:
-    """Names in answers resolve to their listed addresses, one per lookup (the last one repeats)."""
+def fake_dns(answers: dict[str, list[str]]) -> Iterator[list[str]]:
+    """Names in answers resolve to their listed addresses, one per lookup (the last one repeats).
+
+    Yields the list of faked names looked up, in order.
+    """
     real_getaddrinfo = socket.getaddrinfo
     lookups: dict[str, int] = {}
+    seen: list[str] = []
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(host, bytes):
@@ -80,6 +85,7 @@ def fake_dns(answers: dict[str, list[str]]) -> Iterator[dict[str, list[str]]]:
         if host in answers:
             n = lookups.get(host, 0)
             lookups[host] = n + 1
+            seen.append(host)
             address = answers[host][min(n, len(answers[host]) - 1)]
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             return [(family, socket.SOCK_STREAM, 6, "", (address, port or 0))]
@@ -87,7 +93,7 @@ def fake_dns(answers: dict[str, list[str]]) -> Iterator[dict[str, list[str]]]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket, "getaddrinfo", getaddrinfo)
-        yield answers
+        yield seen
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:

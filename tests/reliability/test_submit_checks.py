@@ -1,4 +1,4 @@
-"""Everything checkable is checked at submit, before any hold or queue; bad input is a 4xx naming the field."""
+"""Everything checkable is checked at submit, before hold or queue; bad input is a 4xx naming the field."""
 
 from __future__ import annotations
 
