@@ -27,7 +27,7 @@ def test_admin_creates_a_user_whose_key_works_and_manages_its_keys(
 
     credited = kinema(env, "admin", "credit", "erin", "12.50", "--note", "welcome")
     assert credited.returncode == 0, credited.stderr
-    assert "balance 12.5 USD" in credited.stdout
+    assert "balance 12.50 USD" in credited.stdout
     bad = kinema(env, "admin", "credit", "erin", "1.0000001")
     assert bad.returncode == 2 and "six places" in bad.stderr
     assert kinema(env, "admin", "credit", "nobody", "1").returncode == 2
@@ -40,7 +40,7 @@ def test_admin_creates_a_user_whose_key_works_and_manages_its_keys(
     assert second.returncode == 0 and second.stdout.strip().startswith("kin_")
     with live_server.client(key) as api:
         me = api.get("/v1/me").json()
-        assert (me["name"], me["balance"]) == ("erin", "12.5")
+        assert (me["name"], me["balance"]) == ("erin", "12.50")
         ci_id = next(k["id"] for k in api.get("/v1/keys").json()["data"] if k["name"] == "ci")
     revoked = kinema(remote, "keys", "revoke", ci_id)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
