@@ -20,7 +20,7 @@ from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
 from kinema.store.db import migrate, open_engine
 from kinema.store.repo import TaskStore
-from kinema.tasks.runner import Runner
+from kinema.tasks.runner import Runner, settle_heap
 from kinema.tasks.service import TaskService
 from kinema.tasks.webhooks import WebhookSender
 from kinema.web.playground import install_playground
@@ -87,6 +87,7 @@ def create_app(
         if runner is not None:
             runner.start()
         sender.start()
+        settle_heap()  # what start-up imported and built is never garbage: full collections skip it
         try:
             yield
         finally:
