@@ -498,6 +498,20 @@ def test_redirect_to_plain_http_is_refused(server: ImageServer) -> None:
 
 
 @pytest.mark.parametrize(
+    "target", ["data:image/png;base64,iVBORw0KGgo=", "file:///etc/passwd", "https://[::1/"]
+)
+def test_redirect_to_another_scheme_or_a_malformed_url_is_refused(
+    server: ImageServer, connections: list[str], target: str
+) -> None:
+    url = server.url("/redirect-to?to=" + quote(target, safe=""))
+    with pytest.raises(InvalidImage, match=r"must use|malformed|no host"):
+        images._fetch_url(
+            url, server.limits(allow_private_urls=False), address_allowed=_only_test_server_allowed
+        )
+    assert connections == ["127.0.0.1"]  # the first hop only
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://127.0.0.1/a.png",

@@ -111,6 +111,10 @@ def test_byte_ranges_follows_rfc_9110() -> None:
         byte_ranges("bytes=100-", 100)
     with pytest.raises(RangeNotSatisfiable):
         byte_ranges("bytes=-1", 0)
+    with pytest.raises(RangeNotSatisfiable):
+        byte_ranges("bytes=" + "9" * 5000 + "-", 100)  # past Python's int() digit limit: no ValueError
+    assert byte_ranges("bytes=0-" + "9" * 5000, 100) == [(0, 100)]
+    assert byte_ranges("bytes=-" + "9" * 5000, 100) == [(0, 100)]
 
 
 @pytest.mark.parametrize(

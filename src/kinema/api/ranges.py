@@ -10,6 +10,12 @@ from kinema.errors import RangeNotSatisfiable
 
 MAX_RANGES = 16  # more parts than a player asks for is a way to make the server work, not a download
 _SPEC = re.compile(r"^(\d*)-(\d*)$")
+_HUGE = 10**19  # past any file; int() of thousands of digits would raise (and cost time)
+
+
+def _number(digits: str) -> int:
+    """A position from the header, capped so that a thousand-digit number is just 'very large'."""
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 def byte_ranges(header: str | None, size: int) -> list[tuple[int, int]]:
@@ -36,14 +42,14 @@ def byte_ranges(header: str | None, size: int) -> list[tuple[int, int]]:
             return []
         first, last = match.group(1), match.group(2)
         if first:
-            start = int(first)
-            if last and int(last) < start:
+            start = _number(first)
+            if last and _number(last) < start:
                 return []  # an invalid byte-range-spec makes the whole header invalid: ignore it
             if start >= size:
                 continue  # unsatisfiable on its own; the others may still be served
-            end = min(int(last) + 1, size) if last else size
+            end = min(_number(last) + 1, size) if last else size
         else:
-            suffix = int(last)
+            suffix = _number(last)
             if suffix == 0 or size == 0:
                 continue
             start, end = max(size - suffix, 0), size
