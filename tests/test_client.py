@@ -359,3 +359,216 @@ def test_gets_are_retried_after_a_dropped_connection_but_posts_are_not(
         flaky.submit("kinema/tiny", SMALL)
     assert proxy.connections == 1
     assert client.list().data == []
+
+
+# The same through AsyncClient ----------------------------------------------------------------------
+
+
+def test_async_stream_replays_the_events_and_resumes_after_last_event_id(
+    finished: Finished, shared_server: LiveServer
+) -> None:
+    async def main() -> tuple[list[Event], list[Event]]:
+        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
+            events = [e async for e in client.stream(finished.task.id)]
+            later = [e async for e in client.stream(finished.task.id, last_event_id=events[2].id)]
+            return events, later
+
+    events, later = asyncio.run(main())
+    assert [e.id for e in events] == [e.id for e in finished.events]
+    assert events[-1].task is not None
+    assert events[-1].task.model_dump(exclude={"output"}) == finished.task.model_dump(exclude={"output"})
+    assert [e.id for e in later] == [e.id for e in events[3:]]
+
+
+def test_async_wait_resumes_after_a_drop_and_falls_back_to_polling(
+    finished: Finished, shared_server: LiveServer, proxy_for: MakeProxy
+) -> None:
+    resumed = proxy_for(shared_server, [700])
+    polled = proxy_for(shared_server, [0, 0])
+
+    async def main() -> tuple[Task, list[Event], Task]:
+        seen: list[Event] = []
+        async with AsyncClient(resumed.url, ADMIN_KEY) as flaky:
+            done = await flaky.wait(finished.task.id, on_event=seen.append)
+        async with AsyncClient(polled.url, ADMIN_KEY, retries=1) as broken_stream:
+            return done, seen, await broken_stream.wait(finished.task.id)
+
+    done, seen, by_polling = asyncio.run(main())
+    assert (done.id, done.status, done.output_meta) == (
+        finished.task.id,
+        TaskStatus.completed,
+        finished.task.output_meta,
+    )  # its signed URL names the proxy's port
+    assert [e.id for e in seen] == [e.id for e in finished.events]
+    assert resumed.connections == 2
+    assert (by_polling.id, by_polling.status) == (finished.task.id, TaskStatus.completed)
+    assert polled.connections == 3
+
+
+def test_async_download_resumes_after_a_dropped_connection(
+    finished: Finished, shared: Client, shared_server: LiveServer, tmp_path: Path, proxy_for: MakeProxy
+) -> None:
+    assert finished.task.output is not None
+    whole = shared.download(finished.task, tmp_path / "direct.mp4").read_bytes()
+    proxy = proxy_for(shared_server, [4000])
+
+    async def main() -> Path:
+        async with AsyncClient(proxy.url, ADMIN_KEY) as patient:
+            assert finished.task.output is not None
+            url = via(proxy, shared_server, finished.task.output.video)
+            return await patient.download(url, tmp_path / "resumed.mp4")
+
+    assert asyncio.run(main()).read_bytes() == whole
+    assert proxy.connections == 2
+    assert partial_files(tmp_path) == []
+
+
+def test_async_errors_apps_uploads_and_retries(
+    shared_server: LiveServer, tmp_path: Path, proxy_for: MakeProxy
+) -> None:
+    image = tmp_path / "red.png"
+    image.write_bytes(base64.b64decode(png_data_uri(64, 48).split(",", 1)[1]))
+    dropped = proxy_for(shared_server, [0])
+    post_dropped = proxy_for(shared_server, [0])
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.url, "kin_wrong") as wrong:
+            with pytest.raises(ApiError) as caught:
+                await wrong.list()
+            assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
+            with pytest.raises(ApiError) as caught:
+                await client.submit("kinema/tiny", {"prompt": "x", "colour": "red"})
+            assert (caught.value.status, caught.value.code) == (422, "invalid_input")
+            with pytest.raises(ApiError) as caught:
+                await client.submit("nobody/nothing", SMALL)
+            assert caught.value.code == "app_not_found"
+            with pytest.raises(InvalidInput):
+                await client.submit("tiny", SMALL)
+            assert "kinema/tiny" in [a.id for a in await client.apps()]
+            assert (await client.app("kinema/tiny")).fps == 24
+            uploaded = await client.upload(image)
+            assert (await client.file(uploaded.id)).size_bytes == image.stat().st_size
+            assert (await client.me()).name == "admin"
+        async with AsyncClient(dropped.url, ADMIN_KEY) as flaky:
+            await flaky.list()  # a GET is retried after the dropped connection
+        async with AsyncClient(post_dropped.url, ADMIN_KEY) as flaky:
+            with pytest.raises(ConnectionFailed):
+                await flaky.submit("kinema/tiny", SMALL)  # a POST is not: the server may have seen it
+
+    asyncio.run(main())
+    assert (dropped.connections, post_dropped.connections) == (2, 1)
+
+
+# Proxies from the environment ---------------------------------------------------------------------
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer", "upgrade"}
+)
+
+
+class RecordingProxy:
+    """A forward HTTP proxy on loopback that records each request line and forwards it, to loopback only."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        recorded = self.requests = []  # type: list[str]
+
+        class Handler(BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                import http.client
+                from urllib.parse import urlsplit
+
+                target = urlsplit(self.path)
+                recorded.append(f"{self.command} {self.path}")
+                if target.scheme != "http" or target.hostname != "127.0.0.1" or target.port is None:
+                    self.send_error(502, "this test proxy forwards to 127.0.0.1 only")
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                upstream = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+                try:
+                    path = target.path + (f"?{target.query}" if target.query else "")
+                    upstream.request(self.command, path, body=body or None, headers=headers)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in HOP_HEADERS | {"content-length", "transfer-encoding"}:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def env_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
+    """A recording proxy named by HTTP_PROXY, with every other proxy variable cleared for the test."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    proxy = RecordingProxy()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_the_clients_send_through_the_http_proxy_of_the_environment(
+    env_proxy: RecordingProxy, shared_server: LiveServer
+) -> None:
+    with Client(shared_server.url, ADMIN_KEY) as client:
+        assert "kinema/tiny" in [a.id for a in client.apps()]
+        with pytest.raises(ApiError) as caught:
+            client.get("tsk_nope")
+        assert caught.value.status == 404  # the server's own answer, relayed
+
+    async def main() -> TaskPage:
+        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
+            return await client.list(limit=1)
+
+    assert isinstance(asyncio.run(main()), TaskPage)
+    assert env_proxy.requests == [
+        f"GET {shared_server.url}/v1/apps",
+        f"GET {shared_server.url}/v1/tasks/tsk_nope",
+        f"GET {shared_server.url}/v1/tasks?limit=1",
+    ]
+
+
+def test_no_proxy_and_trust_env_false_go_straight_to_the_server(
+    env_proxy: RecordingProxy, shared_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Client(shared_server.url, ADMIN_KEY, trust_env=False) as client:
+        client.apps()
+    monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+    with Client(shared_server.url, ADMIN_KEY) as client:
+        client.apps()
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
+            await client.apps()
+
+    asyncio.run(main())
+    assert env_proxy.requests == []

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -270,6 +270,26 @@ def retry_delay(attempt: int) -> float:
     return float(min(0.2 * 2**attempt, 2.0))
 
 
+TransportT = TypeVar("TransportT", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
+
+
+def proxy_mounts(trust_env: bool, transport_for: Callable[[str], TransportT]) -> dict[str, TransportT | None]:
+    """The environment's HTTP(S)_PROXY, ALL_PROXY and NO_PROXY as httpx's own mounts, with our retries.
+
+    httpx reads these only when it builds its default transport; the clients pass their own (for connect
+    retries), so they mount the proxies themselves, parsed by the function httpx uses. A None mount is a
+    NO_PROXY host: it goes straight to the server through the default transport.
+    """
+    if not trust_env:
+        return {}
+    from httpx._utils import get_environment_proxies
+
+    return {
+        pattern: None if proxy is None else transport_for(proxy)
+        for pattern, proxy in get_environment_proxies().items()
+    }
+
+
 def run_path(app: str) -> str:
     owner, sep, name = app.partition("/")
     if not sep or not owner or not name or "/" in name:
@@ -396,7 +416,9 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         poll_interval: float = POLL_INTERVAL_S,
+        trust_env: bool = True,
     ) -> None:
+        """trust_env=False ignores the proxy environment variables (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY)."""
         self.base_url = server_url(base_url)
         self.timeout, self.retries, self.poll_interval = timeout, retries, poll_interval
         self._http = httpx.Client(
@@ -404,6 +426,8 @@ class Client:
             headers={"Authorization": bearer(api_key), "User-Agent": user_agent()},
             timeout=timeout,
             transport=httpx.HTTPTransport(retries=retries),
+            mounts=proxy_mounts(trust_env, lambda proxy: httpx.HTTPTransport(retries=retries, proxy=proxy)),
+            trust_env=trust_env,
         )
 
     def close(self) -> None:
@@ -677,7 +701,9 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         poll_interval: float = POLL_INTERVAL_S,
+        trust_env: bool = True,
     ) -> None:
+        """trust_env=False ignores the proxy environment variables (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY)."""
         self.base_url = server_url(base_url)
         self.timeout, self.retries, self.poll_interval = timeout, retries, poll_interval
         self._http = httpx.AsyncClient(
@@ -685,6 +711,10 @@ class AsyncClient:
             headers={"Authorization": bearer(api_key), "User-Agent": user_agent()},
             timeout=timeout,
             transport=httpx.AsyncHTTPTransport(retries=retries),
+            mounts=proxy_mounts(
+                trust_env, lambda proxy: httpx.AsyncHTTPTransport(retries=retries, proxy=proxy)
+            ),
+            trust_env=trust_env,
         )
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ class KinemaError(Exception):
 
     code = "internal_error"
     status = 500
+    headers: dict[str, str] | None = None  # extra response headers (Content-Range, Retry-After, ...)
 
     def __init__(self, message: str, *, details: Any = None, public_message: str | None = None) -> None:
         super().__init__(message)
@@ -47,7 +48,6 @@ class UnsafeURL(InvalidImage):
     """A URL points at a loopback, private, link-local or otherwise forbidden address."""
 
     code = "unsafe_url"
-    status = 400
 
 
 class AppNotFound(KinemaError):
@@ -80,8 +80,23 @@ class GenerationFailed(KinemaError):
 
 
 class StorageError(KinemaError):
+    """Storage cannot take the file now: read-only, full, or otherwise failing (507 Insufficient Storage)."""
+
     code = "storage_error"
-    status = 500
+    status = 507
+
+
+class RangeNotSatisfiable(KinemaError):
+    """No range of a Range request overlaps the file; the response says the file's length."""
+
+    code = "range_not_satisfiable"
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the requested range is outside the file ({size} bytes)", details={"size_bytes": size}
+        )
+        self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 class BadRequest(KinemaError):

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(
         default=None, description="Local storage for outputs and uploads (default: <data_dir>/outputs)."
     )
+    staging_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="At start, staging files (partial outputs) untouched for this long are removed as a "
+        "crash's leftovers; files of this host's exited processes go at once.",
+    )
 
     # Server (`kinema serve`)
     host: str = Field(default="127.0.0.1", description="Address `kinema serve` listens on.")

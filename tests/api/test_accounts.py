@@ -102,7 +102,7 @@ def test_completed_run_is_charged_once_and_me_agrees_with_output_meta(
     with billed.client() as admin:
         carol = new_user(admin, billed, "carol", credit="1.00")
         me = carol.get("/v1/me").json()
-        assert (me["balance"], me["held"], me["available"]) == ("1", "0", "1")
+        assert (me["balance"], me["held"], me["available"]) == ("1.00", "0.00", "1.00")
         task = carol.post(TINY_RUN, json={**SMALL, "generate_audio": True}).json()
         assert task["status"] == "completed"
         assert task["output_meta"]["billing"]["cost"] == "0.125"  # 0.5 s at 0.25/s
@@ -132,7 +132,7 @@ def test_insufficient_balance_is_a_402_with_the_needed_amount(billed: LiveServer
         assert response.status_code == 402
         error = response.json()["error"]
         assert error["code"] == "insufficient_balance"
-        assert error["details"] == {"needed": "0.35", "available": "0.1", "currency": "USD"}
+        assert error["details"] == {"needed": "0.35", "available": "0.10", "currency": "USD"}
         assert dave.get("/v1/tasks").json()["data"] == []
         credited = admin.post("/v1/admin/users/dave/credit", json={"amount": "0.25", "note": "top-up"})
         assert credited.json()["available"] == "0.35"
@@ -281,9 +281,9 @@ def test_webhook_to_a_private_address_is_refused_unless_allowed(api: httpx.Clien
 
 def test_with_billing_off_runs_need_no_balance_and_charge_nothing(api: httpx.Client) -> None:
     me = api.get("/v1/me").json()
-    assert me["billing_enabled"] is False and me["balance"] == "0"
+    assert me["billing_enabled"] is False and me["balance"] == "0.00"
     task = api.post(TINY_RUN, json=SMALL).json()
     assert task["status"] == "completed"
     assert task["output_meta"]["billing"]["cost"] == "0.05"  # the price is shown, not charged
     me = api.get("/v1/me").json()
-    assert (me["balance"], me["held"], me["usage"]) == ("0", "0", [])
+    assert (me["balance"], me["held"], me["usage"]) == ("0.00", "0.00", [])

@@ -119,12 +119,12 @@ def test_app_run_remote_with_an_unknown_app_exits_2(remote_env: dict[str, str]) 
     assert "no app named 'nobody/nothing'" in result.stderr
 
 
-def test_a_wrong_key_or_an_unreachable_server_exits_1_with_a_clear_message(
+def test_a_wrong_key_is_refused_with_2_and_an_unreachable_server_exits_1_with_a_clear_message(
     remote_env: dict[str, str],
 ) -> None:
     wrong_key = kinema({**remote_env, "KINEMA_API_KEY": "kin_wrong"}, "task", "list")
-    assert wrong_key.returncode == 1
-    assert "invalid API key" in wrong_key.stderr
+    assert wrong_key.returncode == 2
+    assert wrong_key.stderr.strip() == "error: invalid API key"
     gone = kinema(
         remote_env,
         "app",
@@ -223,9 +223,9 @@ def test_task_logs_prints_the_log_lines(remote_env: dict[str, str], finished: Ta
         assert lines[-1].startswith("completed in")
 
 
-def test_task_cancel_of_a_finished_task_exits_1(remote_env: dict[str, str], finished: Task) -> None:
+def test_task_cancel_of_a_finished_task_is_refused_with_2(remote_env: dict[str, str], finished: Task) -> None:
     result = kinema(remote_env, "task", "cancel", finished.id)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"task {finished.id} is already completed" in result.stderr
 
 

@@ -498,6 +498,20 @@ def test_redirect_to_plain_http_is_refused(server: ImageServer) -> None:
 
 
 @pytest.mark.parametrize(
+    "target", ["data:image/png;base64,iVBORw0KGgo=", "file:///etc/passwd", "https://[::1/"]
+)
+def test_redirect_to_another_scheme_or_a_malformed_url_is_refused(
+    server: ImageServer, connections: list[str], target: str
+) -> None:
+    url = server.url("/redirect-to?to=" + quote(target, safe=""))
+    with pytest.raises(InvalidImage, match=r"must use|malformed|no host"):
+        images._fetch_url(
+            url, server.limits(allow_private_urls=False), address_allowed=_only_test_server_allowed
+        )
+    assert connections == ["127.0.0.1"]  # the first hop only
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://127.0.0.1/a.png",
@@ -506,7 +520,7 @@ def test_redirect_to_plain_http_is_refused(server: ImageServer) -> None:
         "https://[::1]/a.png",
         "https://[::ffff:127.0.0.1]/a.png",
         "https://localhost/a.png",
-        "https://user:pw@127.0.0.1:8443/a.png?token=x",
+        "https://127.0.0.1:8443/a.png?token=x",
     ],
 )
 def test_private_url_is_refused_without_connecting(url: str, connections: list[str]) -> None:
@@ -515,6 +529,17 @@ def test_private_url_is_refused_without_connecting(url: str, connections: list[s
         load_image(url, ImageLimits())
     assert connections == []
     assert time.monotonic() - started < 1.0
+    assert "pw" not in str(raised.value) and "token" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:pw@127.0.0.1:8443/a.png?token=x", "https://u@1.2.3.4/", "http://127.0.0.1\\@1.2.3.4/"],
+)
+def test_userinfo_is_refused_without_connecting(url: str, connections: list[str]) -> None:
+    with pytest.raises(UnsafeURL, match=r"user name or password|backslash") as raised:
+        load_image(url, ImageLimits(allow_private_urls=True))
+    assert connections == []
     assert "pw" not in str(raised.value) and "token" not in str(raised.value)
 
 

@@ -71,7 +71,7 @@ def test_insufficient_balance_is_402_with_amounts_and_nothing_is_queued(store: T
     with pytest.raises(InsufficientBalance) as raised:
         store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("2.000001"))
     assert raised.value.status == 402
-    assert raised.value.details == {"needed": "2.000001", "available": "2", "currency": "USD"}
+    assert raised.value.details == {"needed": "2.000001", "available": "2.00", "currency": "USD"}
     assert store.list_tasks(owner=alice).tasks == []
     assert [e["kind"] for e in store.ledger_entries(alice)] == ["credit"]
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 
 from kinema.api.errors import BodySizeLimit, install_error_handlers
 from kinema.api.metrics import HttpLatency, Metrics
@@ -19,7 +20,7 @@ from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
 from kinema.store.db import migrate, open_engine
 from kinema.store.repo import TaskStore
-from kinema.tasks.runner import Runner
+from kinema.tasks.runner import Runner, settle_heap
 from kinema.tasks.service import TaskService
 from kinema.tasks.webhooks import WebhookSender
 from kinema.web.playground import install_playground
@@ -56,6 +57,7 @@ def create_app(
         signer = Signer(load_secret(settings))
         ensure_admin_key(store, signer, settings, announce_key)
         storage = LocalStorage(settings.outputs_dir)
+        await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
         if settings.workers > 0 or settings.remote_workers > 0:
             cache = warm or WARM_MODELS
@@ -69,7 +71,7 @@ def create_app(
             store=store,
             storage=storage,
             signer=signer,
-            service=TaskService(store, runner, settings),
+            service=TaskService(store, runner, settings, storage),
             runner=runner,
             metrics=metrics,
             limiter=RequestLimiter(settings.rate_limit) if settings.rate_limit else None,
@@ -85,6 +87,7 @@ def create_app(
         if runner is not None:
             runner.start()
         sender.start()
+        settle_heap()  # what start-up imported and built is never garbage: full collections skip it
         try:
             yield
         finally:

@@ -31,6 +31,7 @@ HTTP_CODES = {
     422: "invalid_input",
     429: "rate_limited",
     503: "unavailable",
+    507: "storage_error",
 }
 
 
@@ -82,10 +83,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KinemaError)
     async def kinema_error(_request: Request, exc: KinemaError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+        if exc.public_message != exc.message:  # the full text names server internals: log it only
+            log.warning("%s on %s %s: %s", exc.code, _request.method, _request.url.path, exc.message)
+        return error_response(exc.status, exc.code, exc.public_message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

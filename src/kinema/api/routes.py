@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import time
@@ -12,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -47,25 +45,31 @@ from kinema.api.models import (
     WebhookSecret,
     WeightsOut,
 )
+from kinema.api.ranges import RangeFileResponse, byte_ranges
 from kinema.api.security import RequestLimiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import VideoInput, VideoOutput
-from kinema.billing.pricing import from_micros, to_micros
+from kinema.billing.pricing import format_micros, to_micros
 from kinema.errors import (
     AppNotFound,
     BadRequest,
     Forbidden,
+    ImageTooLarge,
+    InvalidImage,
+    NotFound,
     PayloadTooLarge,
+    StorageError,
     Unauthorized,
     UnsupportedMediaType,
 )
-from kinema.media.images import ACCEPTED_FORMATS
+from kinema.media.images import MIME_TYPES, ImageLimits, check_image_size, image_format
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import AccountSummary, ApiKey, ApiKeyInfo, StoredFile, TaskStore, User, new_id
+from kinema.store.repo import AccountSummary, ApiKey, ApiKeyInfo, StoredFile, TaskStore, User
 from kinema.tasks.models import Task, TaskStatus
-from kinema.tasks.runner import Runner, upload_key
+from kinema.tasks.runner import Runner
 from kinema.tasks.service import RunOptions, TaskService
+from kinema.tasks.worker import image_limits
 
 SSE_POLL_S = 0.2
 WAIT_POLL_S = 0.1
@@ -284,6 +288,7 @@ def add_run_route(app_def: App) -> None:
         response_model=TaskOut,
         responses={202: {"model": TaskOut, "description": "Accepted; still queued or running."}, **ERRORS},
         dependencies=[Depends(json_body)],
+        strict_content_type=False,  # a JSON body sent without a Content-Type is read as JSON
     )
 
 
@@ -414,28 +419,26 @@ async def final_event(request: Request, task_id: str, event_id: int) -> ServerSe
 
 # Files -------------------------------------------------------------------------------------------
 
-MIME = {
-    "PNG": "image/png",
-    "JPEG": "image/jpeg",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-}
 
+def sniff_image(data: bytes, limits: ImageLimits) -> str:
+    """The image's MIME type from its content (never from the client's claim).
 
-def sniff_image(data: bytes) -> str:
-    """The image's MIME type from its content (never from the client's claim); 415 when not an image."""
-    try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            fmt = image.format or ""
-    except (UnidentifiedImageError, OSError, ValueError):
-        fmt = ""
-    if fmt not in MIME:
+    415 when it is not an image kinema accepts; 413 when its pixels are over the limit (a decompression
+    bomb is refused from its header, before its pixels are decoded).
+    """
+    fmt = image_format(data)
+    if fmt is None:
         raise UnsupportedMediaType(
             "the file is not an image kinema accepts (PNG, JPEG, WebP, GIF or BMP)",
-            details={"accepted": sorted(MIME.values())},
+            details={"accepted": sorted(MIME_TYPES.values())},
         )
-    return MIME[fmt]
+    try:
+        check_image_size(data, limits, source="the file")
+    except InvalidImage as exc:
+        if isinstance(exc, ImageTooLarge):
+            raise
+        raise UnsupportedMediaType(f"the file is not a readable image: {exc.message}") from None
+    return MIME_TYPES[fmt]
 
 
 @router.post("/v1/files", tags=["files"], status_code=201, response_model=FileOut, responses=ERRORS)
@@ -449,29 +452,10 @@ async def files_upload(
     data = await file.read(st.settings.upload_max_bytes + 1)
     if len(data) > st.settings.upload_max_bytes:
         raise PayloadTooLarge(f"the file is larger than {st.settings.upload_max_bytes} bytes")
-    content_type = await run_in_threadpool(sniff_image, data)
+    content_type = await run_in_threadpool(sniff_image, data, image_limits(st.settings))
     name = (file.filename or "upload").rsplit("/", 1)[-1][:200] or "upload"
-
-    def store() -> StoredFile:
-        file_id = new_id("file")
-        staging = st.storage.staging_file(".upload")
-        try:
-            staging.write_bytes(data)
-            st.storage.put(staging, upload_key(file_id))
-        except BaseException:
-            st.storage.discard(staging)
-            raise
-        return st.store.add_file(
-            file_id=file_id,
-            owner=key.owner_id,
-            purpose="input",
-            key=upload_key(file_id),
-            filename=name,
-            content_type=content_type,
-            size_bytes=len(data),
-        )
-
-    return render_file(request, await run_in_threadpool(store))
+    stored = await run_in_threadpool(st.service.add_upload, key.owner_id, data, name, content_type)
+    return render_file(request, stored)
 
 
 @router.get("/v1/files/{file_id}", tags=["files"], response_model=FileOut, responses=ERRORS)
@@ -484,12 +468,13 @@ async def files_get(request: Request, file_id: str, key: Principal) -> FileOut:
 @router.get(
     "/files/{file_id}",
     tags=["files"],
-    response_class=FileResponse,
+    response_class=RangeFileResponse,
     responses={
         200: {"content": {"video/mp4": {}, "image/*": {}}},
         206: {"description": "Partial content"},
         403: {"model": ErrorBody},
         404: {"model": ErrorBody},
+        416: {"model": ErrorBody, "description": "No requested range overlaps the file."},
     },
 )
 async def files_download(
@@ -497,18 +482,29 @@ async def files_download(
     file_id: str,
     expires: Annotated[int, Query(description="Expiry (Unix time) from the signed URL.")],
     signature: Annotated[str, Query(description="Signature from the signed URL.")],
-) -> FileResponse:
+    range_header: Annotated[
+        str | None, Header(alias="range", description="bytes=start-end (RFC 9110); other units are ignored.")
+    ] = None,
+    if_range: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> RangeFileResponse:
     """Download a stored file through its signed URL (no key needed). Supports Range requests."""
     st = state(request)
     st.signer.check_file_signature(file_id, expires, signature)
     stored = await run_in_threadpool(st.store.get_file, file_id)
     path = st.storage.path_for(stored.key)
-    return FileResponse(
+    try:
+        stat_result = await run_in_threadpool(path.stat)
+    except OSError:
+        raise NotFound(f"file {file_id} is no longer stored") from None
+    if if_range is None:  # with If-Range, a stale validator means the whole file; Starlette decides
+        byte_ranges(range_header, stat_result.st_size)  # RangeNotSatisfiable -> a JSON 416
+    return RangeFileResponse(
         path,
         media_type=stored.content_type,
         filename=stored.filename,
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=3600"},
+        stat_result=stat_result,
     )
 
 
@@ -516,7 +512,7 @@ async def files_download(
 
 
 def money(micros: int) -> str:
-    return f"{from_micros(micros):f}"
+    return format_micros(micros)
 
 
 def me_out(st: ServerState, summary: AccountSummary) -> MeOut:
@@ -683,8 +679,8 @@ async def readyz(request: Request) -> JSONResponse:
             staging = st.storage.staging_file(".ready")
             st.storage.discard(staging)
             checks["storage"] = "ok"
-        except OSError as exc:
-            checks["storage"] = f"error: {exc.strerror}"
+        except StorageError as exc:
+            checks["storage"] = f"error: {exc.public_message}"
         checks["workers"] = "ok" if st.runner is None or st.runner.alive else "error: worker stopped"
 
     await run_in_threadpool(check)

@@ -66,7 +66,9 @@ class Signer:
 
     def check_file_signature(self, file_id: str, expires: int, signature: str) -> None:
         """Raise Forbidden unless the signature is ours and has not expired (constant-time compare)."""
-        if not hmac.compare_digest(self._file_signature(file_id, expires), signature):
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a query string can hold anything.
+        given = signature.encode("utf-8", "replace")
+        if not hmac.compare_digest(self._file_signature(file_id, expires).encode(), given):
             raise Forbidden("invalid signature for this file URL")
         if expires < time.time():
             raise Forbidden("this file URL has expired; fetch the task or file again for a fresh one")

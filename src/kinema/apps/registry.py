@@ -16,7 +16,7 @@ from kinema.apps.veo import (
     google_api,
     missing_key_reason,
 )
-from kinema.billing.pricing import PriceTable
+from kinema.billing.pricing import PriceTable, format_money
 from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source, weights_status
 from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import AppNotFound, AppUnavailable
@@ -167,10 +167,10 @@ class App:
             "pricing": {
                 "currency": self.pricing.currency,
                 "per_second": {
-                    "720p/1080p video": str(self.pricing.video),
-                    "720p/1080p video+audio": str(self.pricing.video_audio),
-                    "4K video": str(self.pricing.video_4k),
-                    "4K video+audio": str(self.pricing.video_4k_audio),
+                    "720p/1080p video": format_money(self.pricing.video),
+                    "720p/1080p video+audio": format_money(self.pricing.video_audio),
+                    "4K video": format_money(self.pricing.video_4k),
+                    "4K video+audio": format_money(self.pricing.video_4k_audio),
                 },
             },
             "examples": list(self.examples),

@@ -9,6 +9,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     ValidationError,
     create_model,
@@ -40,9 +42,10 @@ class VideoInput(BaseModel):
     generate_audio: StrictBool = Field(
         default=False, description="Generate a synchronized audio track (AAC) in the same pass."
     )
-    duration: float = Field(default=5.0, description="Seconds of video.")
+    # Strict numbers: true, "1" or "7" are refused, not coerced (JSON integers still count as numbers).
+    duration: StrictFloat = Field(default=5.0, description="Seconds of video.")
     negative_prompt: OptionalText | None = Field(default=None, description="What to avoid.")
-    seed: int | None = Field(
+    seed: StrictInt | None = Field(
         default=None, ge=0, le=2**32 - 1, description="Random seed; chosen and reported when omitted."
     )
 
@@ -52,7 +55,7 @@ def input_model_for(
 ) -> type[VideoInput]:
     """A VideoInput subclass whose duration default and bounds are the app's own."""
     duration: Any = (
-        float,
+        StrictFloat,
         Field(
             default=default_duration,
             ge=min_duration,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from kinema.apps.schema import VideoInput
 from kinema.apps.sizing import AspectRatio
@@ -50,12 +50,12 @@ class VeoInput(VideoInput):
         description="An AAC track generated with the video. With a Gemini API key Google always generates "
         "audio; kinema removes the track when this is false.",
     )
-    duration: float = Field(
+    duration: StrictFloat = Field(
         default=8.0,
         json_schema_extra={"enum": list(VEO_DURATIONS)},
         description="Seconds of video: 4, 6 or 8. 1080p and 4K are rendered only at 8.",
     )
-    seed: int | None = Field(
+    seed: StrictInt | None = Field(
         default=None,
         ge=0,
         le=2**32 - 1,

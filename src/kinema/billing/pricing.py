@@ -80,3 +80,8 @@ def to_micros(amount: Decimal | str) -> int:
 def from_micros(micros: int) -> Decimal:
     """Integer micro-units back to an exact decimal amount."""
     return Decimal(micros) / MICROS_PER_UNIT
+
+
+def format_micros(micros: int) -> str:
+    """Integer micro-units as the API and CLI write money: format_money's at least two decimals."""
+    return format_money(from_micros(micros))

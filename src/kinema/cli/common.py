@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from kinema.errors import KinemaError
 from kinema.settings import Settings
@@ -18,12 +20,60 @@ if TYPE_CHECKING:
 
 out = Console()
 err = Console(stderr=True)
+# Piped output is for grep and cut: Rich would otherwise wrap every line at 80 columns (its width without a
+# terminal), cutting ids and messages in two.
+out.soft_wrap = not out.is_terminal
+err.soft_wrap = not err.is_terminal
+
+USAGE = 2  # the exit status of anything refused before work starts (bad input, unknown or unavailable app)
+FAILED = 1  # the work was tried and failed, or the server could not be reached
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = FAILED) -> typer.Exit:
     """Print a one-line error to stderr and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def one_line(message: str) -> str:
+    """A message with its line breaks folded, so an error is always exactly one line."""
+    return " ".join(message.split()) if "\n" in message else message
+
+
+def exit_code_for(exc: KinemaError) -> int:
+    """2 for a request refused before any work (any 4xx, or an app this setup cannot run), else 1."""
+    return USAGE if 400 <= exc.status < 500 or exc.code == "app_unavailable" else FAILED
+
+
+def cell_text(cell: RenderableType | None) -> str:
+    """A table cell as the plain text a terminal would show (markup applied), on one line."""
+    if cell is None:
+        return ""
+    text = (
+        cell.plain
+        if isinstance(cell, Text)
+        else Text.from_markup(cell).plain
+        if isinstance(cell, str)
+        else ""
+    )
+    return " ".join(text.split())
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """A Rich table on a terminal; piped, tab-separated lines (header first) that grep and cut read whole."""
+    console = console or out
+    if console.is_terminal:
+        console.print(table)
+        return
+    lines: list[str] = []
+    if table.title:
+        lines.append(f"{cell_text(table.title)}:")
+    if table.show_header:
+        lines.append("\t".join(cell_text(column.header) for column in table.columns))
+    for row in zip(*(column.cells for column in table.columns), strict=True):
+        lines.append("\t".join(cell_text(cell) for cell in row))
+    for line in lines:  # written as is: Rich would expand the tabs into spaces
+        print(line, file=console.file)
 
 
 RemoteOption = Annotated[
@@ -44,7 +94,6 @@ ApiKeyOption = Annotated[
         show_default=False,
     ),
 ]
-USAGE_STATUSES = frozenset({400, 404, 413, 415, 422})
 
 
 def remote_client(remote: str | None, api_key: str | None, settings: Settings | None = None) -> Client:
@@ -54,23 +103,23 @@ def remote_client(remote: str | None, api_key: str | None, settings: Settings | 
     settings = settings or Settings()
     url = remote or settings.api_url
     if not url:
-        raise fail("no kinema server given: pass --remote URL or set KINEMA_API_URL", 2)
+        raise fail("no kinema server given: pass --remote URL or set KINEMA_API_URL", USAGE)
     key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
     if not key:
-        raise fail(f"no API key for {url}: pass --api-key KEY or set KINEMA_API_KEY", 2)
+        raise fail(f"no API key for {url}: pass --api-key KEY or set KINEMA_API_KEY", USAGE)
     try:
         return Client(url, key)
     except KinemaError as exc:
-        raise fail(exc.message, 2) from None
+        raise fail(exc.message, USAGE) from None
 
 
 @contextmanager
 def remote_errors() -> Iterator[None]:
-    """Turn the client's errors into one line on stderr: exit 2 for a wrong request, 1 otherwise."""
+    """Turn the client's errors into one line on stderr: exit 2 for a refused request, 1 otherwise."""
     try:
         yield
     except KinemaError as exc:
-        raise fail(exc.message, 2 if exc.status in USAGE_STATUSES else 1) from None
+        raise fail(exc.message, exit_code_for(exc)) from None
 
 
 def local_time(moment: datetime | None, *, seconds: bool = True) -> str:

@@ -16,12 +16,15 @@ from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import OutputMeta
 from kinema.cli.accounts import admin_cli, keys_cli
 from kinema.cli.common import (
+    USAGE,
     ApiKeyOption,
     RemoteOption,
     err,
+    exit_code_for,
     fail,
     local_time,
     out,
+    print_table,
     remote_client,
     remote_errors,
 )
@@ -29,6 +32,11 @@ from kinema.engines.base import ProgressEvent
 from kinema.errors import AppUnavailable, InvalidInput, KinemaError
 from kinema.settings import Settings
 from kinema.tasks.models import TaskStatus
+
+try:  # Typer >= 0.20 carries its own copy of click; older ones use click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from kinema.client import Client, Event
@@ -71,7 +79,7 @@ def lookup(app_id: str) -> App:
     try:
         return get_app(app_id)
     except KinemaError as exc:
-        raise fail(exc.message, 2) from None
+        raise fail(exc.message, USAGE) from None
 
 
 def parse_input_option(text: str) -> Any:
@@ -82,13 +90,13 @@ def parse_input_option(text: str) -> Any:
         try:
             text = path.read_text()
         except OSError as exc:
-            raise fail(f"cannot read input file {path}: {exc.strerror}", 2) from None
+            raise fail(f"cannot read input file {path}: {exc.strerror}", USAGE) from None
         source = str(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise fail(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", 2
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", USAGE
         ) from None
 
 
@@ -140,7 +148,7 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
             weights_cell(a.describe_weights(settings)),
             "yes" if availability.available else f"no: {availability.reason}",
         )
-    out.print(table)
+    print_table(table)
 
 
 def weights_cell(weights: dict[str, Any] | None) -> str:
@@ -182,11 +190,11 @@ def app_show(
             kind = " | ".join(str(choice) for choice in prop["enum"])
         default = "required" if name in required else json.dumps(prop.get("default"))
         table.add_row(name, str(kind), default, prop.get("description", ""))
-    out.print(table)
+    print_table(table)
     prices = Table("configuration", f"per second ({a.pricing.currency})", title="pricing")
     for key, value in info["pricing"]["per_second"].items():
         prices.add_row(key, value)
-    out.print(prices)
+    print_table(prices)
     if info["provider"] is not None:
         provider = info["provider"]
         out.print(f"provider: {provider['name']} ({provider.get('api')} API), model {provider.get('model')}")
@@ -261,8 +269,8 @@ def app_run(
     raw = parse_input_option(input_text)
     try:
         prepared = prepare_input(a, raw, settings, allow_local_paths=True)
-    except (InvalidInput, AppUnavailable) as exc:  # bad input, or no key / no weights here: before any work
-        raise fail(exc.message, 2) from None
+    except (InvalidInput, AppUnavailable) as exc:  # refused before any work: the README's exit 2
+        raise fail(exc.message, USAGE) from None
     if not a.is_remote:  # a provider app never imports torch/diffusers, so has none of their chatter
         quiet_libraries()
     from kinema.engines.cache import WARM_MODELS
@@ -299,7 +307,7 @@ def print_result(task: LocalTask | RemoteTask, where: Path | str) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("task", task.id)
     add_meta_rows(table, task.output_meta)
-    out.print(table)
+    print_table(table)
 
 
 def add_meta_rows(table: Table, meta: OutputMeta) -> None:
@@ -375,7 +383,7 @@ def finish_remote(client: Client, task: RemoteTask, output: Path | None, as_json
 def run_remote(client: Client, app_id: str, raw: Any, output: Path | None, as_json: bool) -> None:
     """`app run` on a server: submit, follow the events with a progress bar, download the MP4."""
     if not isinstance(raw, dict):
-        raise fail("invalid input: expected a JSON object", 2)
+        raise fail("invalid input: expected a JSON object", USAGE)
     with client, remote_errors():
         try:
             task = client.submit(app_id, raw)
@@ -414,7 +422,7 @@ def print_task(task: RemoteTask) -> None:
         table.add_row("error", f"{task.error.message} ({task.error.code})")
     if task.output_meta:
         add_meta_rows(table, task.output_meta)
-    out.print(table)
+    print_table(table)
     if task.output:
         out.print(task.output.video, highlight=False, soft_wrap=True)
 
@@ -466,7 +474,7 @@ def task_list(
             f"{meta.duration:g} s" if meta else "",
             f"{meta.billing.cost} {meta.billing.currency}" if meta else "",
         )
-    out.print(table)
+    print_table(table)
     if page.next_cursor:
         err.print(f"more: --cursor {page.next_cursor}", highlight=False, soft_wrap=True)
 
@@ -512,6 +520,9 @@ def task_logs(
     follow_log: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the task ends.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every event (status, progress, log, task) as a JSON line.")
+    ] = False,
     remote: RemoteOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -519,7 +530,10 @@ def task_logs(
     with remote_client(remote, api_key) as client, remote_errors():
         try:
             for event in client.stream(task_id, idle_timeout=None if follow_log else LOGS_IDLE_S):
-                if event.message is not None:
+                if as_json:
+                    line = json.dumps({"id": event.id, "event": event.event, "data": event.data})
+                    out.print(line, highlight=False, markup=False, soft_wrap=True)
+                elif event.message is not None:
                     out.print(event.message, highlight=False, markup=False, soft_wrap=True)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -542,7 +556,9 @@ def models_pull(
     status = a.weights_status(settings)
     if source.startswith("builtin:") or is_local_source(source):
         if status is not None and not status.present:
-            raise fail(f"{a.id} uses the directory {source}, which holds no usable model: {status.reason}", 1)
+            raise fail(
+                f"{a.id} uses the directory {source}, which holds no usable model: {status.reason}", USAGE
+            )
         out.print(f"{a.id} needs no download; its weights are {source}")
         return
     variant = a.sampling.variant
@@ -562,7 +578,7 @@ def models_pull(
     try:
         path = download_weights(source, variant=variant, cache_dir=settings.hf_cache_dir, on_plan=announce)
     except KinemaError as exc:
-        raise fail(exc.message) from None
+        raise fail(exc.message, exit_code_for(exc)) from None
     if as_json:
         plan = plans[0] if plans else None
         out.print_json(
@@ -625,7 +641,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     for row in rows:
         generation = f"LTX-{row['generation']}" if row["generation"] else "?"
         table.add_row(row["source"], generation, row["size"], ", ".join(row["serves"]) or "-", row["path"])
-    out.print(table)
+    print_table(table)
 
 
 SERVE_HELP = """Start the API, a worker and the file server in one process.
@@ -683,12 +699,26 @@ def serve(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every refusal (a usage error too) is one line on stderr and exit 2."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `kinema app`: Typer has printed the group's help
+            sys.exit(USAGE)
+        # A missing or unknown option: one line, not Rich's boxed panel.
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(f"{exc.format_message()}{hint}", USAGE)
+        sys.exit(USAGE)
+    except ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C or EOF at a prompt
+        fail("aborted", 130)
+        sys.exit(130)
     except KinemaError as exc:  # anything not already turned into a message
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        sys.exit(1)
+        fail(exc.message, exit_code_for(exc))
+        sys.exit(exit_code_for(exc))
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -6,29 +6,33 @@ import base64
 import binascii
 import contextlib
 import io
-import ipaddress
 import os
-import socket
 import ssl
 import stat
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import httpcore
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kinema.errors import ImageTooLarge, InvalidImage, UnsafeURL
+from kinema.media.urls import (
+    AddressPolicy,
+    IPAddress,
+    ResolveTimeout,
+    URLRefused,
+    allow_any_address,
+    is_public_address,
+    parse_url,
+    pinned_client,
+    resolve_checked,
+)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-AddressPolicy = Callable[[IPAddress], bool]
+__all__ = ["ACCEPTED_FORMATS", "IPAddress", "ImageLimits", "is_public_address", "load_image"]
 
 # Only formats a user plausibly sends; restricting PIL's plugins also keeps parsers such as EPS
 # (which shells out to Ghostscript) and PSD/TIFF away from untrusted bytes.
@@ -36,9 +40,6 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _ACCEPTED_FORMS = "a data:image/...;base64 URI or an https:// URL"
 _NOT_AN_IMAGE = "is not a readable image (PNG, JPEG, WebP, GIF or BMP)"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-# NAT64 gateways forward 64:ff9b::a.b.c.d to the IPv4 address a.b.c.d, private ones included.
-_NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 # Transparent pixels become white: reference images with alpha are mostly logos and cut-outs drawn
 # for light backgrounds, and dark line art would vanish on black.
 _FLATTEN_BACKGROUND = (255, 255, 255)
@@ -79,20 +80,8 @@ def load_image(ref: str, limits: ImageLimits, *, allow_local_paths: bool = False
 
 def decode_image(data: bytes, limits: ImageLimits, *, source: str = "image") -> Image.Image:
     """Decode bytes to an upright RGB image, refusing oversized images before their pixels are decoded."""
-    if len(data) > limits.max_bytes:
-        raise _too_many_bytes(source, limits)
-    with warnings.catch_warnings():
-        # PIL only warns between its own limit and twice that; an error keeps one path for both.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _too_many_pixels(source, None, limits) from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InvalidImage(f"{source} {_NOT_AN_IMAGE}") from exc
+    image = _open_checked(data, limits, source)
     try:
-        if image.width * image.height > limits.max_pixels:
-            raise _too_many_pixels(source, image.size, limits)
         try:
             image.load()  # the first frame only, for GIF and animated WebP
             # A malformed EXIF block should not cost the user their image, only its rotation.
@@ -103,6 +92,86 @@ def decode_image(data: bytes, limits: ImageLimits, *, source: str = "image") -> 
             raise InvalidImage(f"{source} {_NOT_AN_IMAGE}: {_one_line(exc)}") from exc
     finally:
         image.close()
+
+
+MIME_TYPES = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+
+
+def image_format(data: bytes) -> str | None:
+    """The image's format from its content (PNG, JPEG, ...), or None when it is none kinema accepts.
+
+    Only the header is read. A decompression bomb still has a format; decode_image refuses its pixels.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                fmt = image.format or ""
+        except Image.DecompressionBombError:
+            # PIL refuses to open it at all; the format is in the first bytes, which is all we need here.
+            fmt = _format_from_magic(data)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            fmt = ""
+    return fmt if fmt in MIME_TYPES else None
+
+
+def _format_from_magic(data: bytes) -> str:
+    """An accepted format named by its magic bytes ("" when none matches)."""
+    magic = {
+        b"\x89PNG\r\n\x1a\n": "PNG",
+        b"\xff\xd8\xff": "JPEG",
+        b"GIF87a": "GIF",
+        b"GIF89a": "GIF",
+        b"BM": "BMP",
+    }
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for prefix, fmt in magic.items() if data.startswith(prefix)), "")
+
+
+def read_data_uri(ref: str, limits: ImageLimits) -> tuple[bytes, str]:
+    """The bytes and format of a data: URI image, decoded once to prove it is a usable image.
+
+    Raises what load_image would (InvalidImage, ImageTooLarge), so a server can refuse it at submit.
+    """
+    data = _data_uri_bytes(ref.strip(), limits)
+    decode_image(data, limits, source="data URI").close()
+    fmt = image_format(data)
+    if fmt is None:  # decode_image accepted it, so this is only a belt to its braces
+        raise InvalidImage(f"data URI {_NOT_AN_IMAGE}")
+    return data, fmt
+
+
+def check_image_size(data: bytes, limits: ImageLimits, *, source: str = "image") -> None:
+    """Refuse an image over the byte or pixel limits (a decompression bomb too) from its header alone."""
+    _open_checked(data, limits, source).close()
+
+
+def _open_checked(data: bytes, limits: ImageLimits, source: str) -> Image.Image:
+    """The image opened lazily (header read, pixels not decoded), within the byte and pixel limits."""
+    if len(data) > limits.max_bytes:
+        raise _too_many_bytes(source, limits)
+    with warnings.catch_warnings():
+        # PIL only warns between its own limit and twice that; an error keeps one path for both.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_many_pixels(source, None, limits) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise InvalidImage(f"{source} {_NOT_AN_IMAGE}") from exc
+    if image.width * image.height > limits.max_pixels:
+        size = image.size
+        image.close()
+        raise _too_many_pixels(source, size, limits)
+    return image
 
 
 def _flatten_to_rgb(image: Image.Image) -> Image.Image:
@@ -173,33 +242,6 @@ def _read_file(path: Path, limits: ImageLimits) -> bytes:
     return data
 
 
-def is_public_address(address: IPAddress) -> bool:
-    """Whether an address is safe to fetch from: globally routable and not special-purpose."""
-    if isinstance(address, ipaddress.IPv6Address):
-        translated = address.ipv4_mapped
-        if translated is None and address in _NAT64_PREFIX:
-            translated = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if translated is not None:
-            # Packets go to the IPv4 address, so judge that (older Pythons call every mapped address private).
-            return is_public_address(translated)
-        if address.sixtofour is not None and not is_public_address(address.sixtofour):
-            return False
-    return not (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-        or not address.is_global
-    )
-
-
-def _allow_any_address(address: IPAddress) -> bool:
-    """The policy for allow_private_urls: every address is acceptable."""
-    return True
-
-
 def _fetch_url(url: str, limits: ImageLimits, *, address_allowed: AddressPolicy | None = None) -> bytes:
     """The body of an image URL, following redirects by hand so that every hop's address is checked.
 
@@ -207,7 +249,7 @@ def _fetch_url(url: str, limits: ImageLimits, *, address_allowed: AddressPolicy 
     one loopback server while checking the redirects it sends).
     """
     if address_allowed is None:
-        address_allowed = _allow_any_address if limits.allow_private_urls else is_public_address
+        address_allowed = allow_any_address if limits.allow_private_urls else is_public_address
     deadline = time.monotonic() + limits.fetch_timeout_s
     ssl_context = _ssl_context(limits.verify)
     current = _parse_url(url)
@@ -222,14 +264,17 @@ def _fetch_url(url: str, limits: ImageLimits, *, address_allowed: AddressPolicy 
 
 
 def _parse_url(url: str | httpx.URL) -> httpx.URL:
-    """An httpx.URL, with parse failures reported as InvalidImage."""
+    """An httpx.URL, with parse failures reported as InvalidImage and userinfo refused as UnsafeURL."""
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise InvalidImage(f"image URL {_describe_url(str(url))} is malformed: {_one_line(exc)}") from None
-    if not parsed.host:
-        raise InvalidImage(f"image URL {_describe_url(str(url))} has no host")
-    return parsed
+        return parse_url(str(url))
+    except URLRefused as exc:
+        raise _url_error(str(url), exc) from None
+
+
+def _url_error(url: str, exc: URLRefused) -> InvalidImage:
+    """The image error for a refused URL: UnsafeURL for a policy refusal, InvalidImage otherwise."""
+    kind = UnsafeURL if exc.unsafe else InvalidImage
+    return kind(f"image URL {_describe_url(url)} {exc.reason}", details=exc.details)
 
 
 def _check_scheme(url: httpx.URL, limits: ImageLimits) -> None:
@@ -243,42 +288,24 @@ def _resolve_checked(
     url: httpx.URL, address_allowed: AddressPolicy, deadline: float, limits: ImageLimits
 ) -> list[IPAddress]:
     """The addresses a URL's host resolves to, refusing the host if any of them is not allowed."""
-    host = url.raw_host.decode("ascii")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    addresses = _resolve(host, port, deadline, limits)
-    # All, not any: a host answering with one public and one private address is still a way in.
-    forbidden = [address for address in addresses if not address_allowed(address)]
-    if forbidden:
-        raise UnsafeURL(
-            f"image URL host {host!r} resolves to {forbidden[0]}, which is not a public address",
-            details={"host": host, "address": str(forbidden[0])},
-        )
-    return addresses
+    try:
+        return resolve_checked(url, address_allowed, deadline)
+    except ResolveTimeout:
+        raise _timed_out(limits) from None
+    except URLRefused as exc:
+        raise _url_error(str(url), exc) from None
 
 
-def _resolve(host: str, port: int, deadline: float, limits: ImageLimits) -> list[IPAddress]:
-    """The distinct addresses of a host, in resolver order, within the fetch deadline."""
-    results: list[list[IPAddress]] = []
-    errors: list[OSError] = []
+def check_image_url(url: str, limits: ImageLimits) -> None:
+    """Refuse now what a fetch would refuse before connecting: syntax, scheme, userinfo, the host's addresses.
 
-    def lookup() -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            found = [ipaddress.ip_address(info[4][0]) for info in infos if info[0] in _INET_FAMILIES]
-            results.append(list(dict.fromkeys(found)))
-        except (OSError, ValueError) as exc:
-            errors.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
-
-    # getaddrinfo has no timeout of its own; a daemon thread lets a stuck resolver fail the request.
-    worker = threading.Thread(target=lookup, name=f"kinema-resolve-{host}", daemon=True)
-    worker.start()
-    worker.join(max(0.0, deadline - time.monotonic()))
-    if worker.is_alive():
-        raise _timed_out(limits)
-    if errors or not results or not results[0]:
-        reason = _one_line(errors[0]) if errors else "no addresses"
-        raise InvalidImage(f"cannot resolve image URL host {host!r}: {reason}")
-    return results[0]
+    The fetch checks all of it again (and every redirect), so a DNS answer that changes in between
+    gains nothing.
+    """
+    parsed = _parse_url(url)
+    _check_scheme(parsed, limits)
+    policy = allow_any_address if limits.allow_private_urls else is_public_address
+    _resolve_checked(parsed, policy, time.monotonic() + limits.fetch_timeout_s, limits)
 
 
 def _fetch_hop(
@@ -290,13 +317,13 @@ def _fetch_hop(
 ) -> bytes | str:
     """One request: the body of a 2xx response, or the Location of a redirect."""
     shown = _describe_url(str(url))
-    backend = _PinnedBackend(url.raw_host.decode("ascii"), addresses, deadline)
-    # A fresh client per hop: its one connection is pinned to this hop's checked addresses.
-    transport = _PinnedTransport(ssl_context, backend)
     headers = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "kinema"}
     try:
+        # A fresh client per hop: its one connection is pinned to this hop's checked addresses.
         with (
-            httpx.Client(transport=transport, trust_env=False, timeout=limits.fetch_timeout_s) as client,
+            pinned_client(
+                url, addresses, deadline=deadline, ssl_context=ssl_context, timeout=limits.fetch_timeout_s
+            ) as client,
             client.stream("GET", url, headers=headers) as response,
         ):
             if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
@@ -344,100 +371,6 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=verify, trust_env=False)
 
 
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects only to addresses checked up front, so DNS cannot change between check and connect."""
-
-    def __init__(self, host: str, addresses: list[IPAddress], deadline: float) -> None:
-        self._host = host
-        self._addresses = addresses
-        self._deadline = deadline
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        """A stream to the first checked address that accepts, bounded by the fetch deadline."""
-        if host != self._host:
-            raise httpcore.ConnectError(f"refusing to connect to unchecked host {host!r}")
-        last_error: Exception = httpcore.ConnectError(f"no address to connect to for {host!r}")
-        for address in self._addresses:
-            try:
-                stream = self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=_within_deadline(timeout, self._deadline, httpcore.ConnectTimeout),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as exc:
-                last_error = exc
-                continue
-            return _DeadlineStream(stream, self._deadline)
-        raise last_error
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        """Never used: image URLs are TCP only."""
-        raise httpcore.ConnectError("unix sockets are not used for image URLs")
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose every operation ends by the fetch deadline, not just per read."""
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Read, giving up at the deadline even if the server keeps trickling bytes."""
-        return self._inner.read(max_bytes, _within_deadline(timeout, self._deadline, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Write, giving up at the deadline."""
-        self._inner.write(buffer, _within_deadline(timeout, self._deadline, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        """Close the underlying stream."""
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        """The TLS stream (certificate checked against the URL's host), still under the deadline."""
-        remaining = _within_deadline(timeout, self._deadline, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, remaining), self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        """Whatever the underlying stream reports."""
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedTransport(httpx.HTTPTransport):
-    """httpx's own transport, with a connection pool that uses a _PinnedBackend."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, backend: _PinnedBackend) -> None:
-        super().__init__(verify=ssl_context, trust_env=False)
-        # httpx has no public hook for a network backend; replacing the pool keeps its request mapping.
-        self._pool.close()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context, network_backend=backend, max_connections=1
-        )
-
-
-def _within_deadline(timeout: float | None, deadline: float, expired: type[Exception]) -> float:
-    """The smaller of an operation's timeout and the time left; raises expired if none is left."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise expired("image fetch deadline passed")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
 def _too_many_bytes(source: str, limits: ImageLimits) -> ImageTooLarge:
     """The error for an image over the byte limit."""
     return ImageTooLarge(
@@ -462,8 +395,13 @@ def _timed_out(limits: ImageLimits) -> InvalidImage:
 
 def _describe_url(url: str) -> str:
     """A URL for error messages: no credentials or query string, which may hold secrets, and short."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # unparseable (e.g. an unclosed IPv6 bracket): show it without query or userinfo
+        scheme, _, rest = url.partition("://")
+        rest = rest.split("?", 1)[0].split("#", 1)[0]
+        return _shorten(f"{scheme}://{rest.rpartition('@')[2]}", 120)
     if ":" in host:
         host = f"[{host}]"
     try:

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kinema.billing.pricing import from_micros
+from kinema.billing.pricing import format_micros
 from kinema.errors import InsufficientBalance, NotFound
 from kinema.store.db import rowcount
 from kinema.store.schema import LedgerEntryRow, TaskRow, UserRow
@@ -83,11 +83,11 @@ def place_hold(
     current = balance(session, account)
     if current.available_micros < amount:
         raise InsufficientBalance(
-            f"this run can cost up to {from_micros(amount)} {currency}; the account has "
-            f"{from_micros(current.available_micros)} {currency} available",
+            f"this run can cost up to {format_micros(amount)} {currency}; the account has "
+            f"{format_micros(current.available_micros)} {currency} available",
             details={
-                "needed": str(from_micros(amount)),
-                "available": str(from_micros(current.available_micros)),
+                "needed": format_micros(amount),
+                "available": format_micros(current.available_micros),
                 "currency": currency,
             },
         )

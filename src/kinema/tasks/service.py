@@ -13,15 +13,22 @@ from kinema.apps.registry import App
 from kinema.apps.schema import VideoInput
 from kinema.apps.sizing import plan_frames
 from kinema.billing.pricing import bill, to_micros
-from kinema.errors import BadRequest, InvalidInput, NotFound
+from kinema.errors import BadRequest, ImageTooLarge, InvalidImage, InvalidInput, KinemaError, NotFound
+from kinema.media.images import EXTENSIONS, MIME_TYPES, check_image_url, read_data_uri
 from kinema.settings import Settings
-from kinema.store.repo import Submission, TaskPage, TaskStore, utcnow
+from kinema.storage.local import LocalStorage
+from kinema.store.repo import StoredFile, Submission, TaskPage, TaskStore, new_id, utcnow
 from kinema.store.webhooks import WEBHOOK_EVENTS
 from kinema.tasks.models import Task, TaskStatus
-from kinema.tasks.runner import Runner
+from kinema.tasks.runner import Runner, upload_key
 from kinema.tasks.webhooks import check_webhook_url
+from kinema.tasks.worker import image_limits
 
 REMOTE_IMAGE_PREFIXES = ("https://", "http://", "data:", "file_")
+
+
+def new_file_id() -> str:
+    return new_id("file")
 
 
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -66,32 +73,37 @@ def max_cost_micros(app: App, input: VideoInput) -> int:
     return to_micros(billing.cost)
 
 
+def image_error(exc: InvalidImage) -> KinemaError:
+    """An image refusal at submit, as a 4xx naming the field: 413 for an oversized one, 422 otherwise."""
+    kind = type(exc) if isinstance(exc, ImageTooLarge) else InvalidInput
+    error = kind(
+        f"image: {exc.message}",
+        details=[{"field": "image", "type": exc.code, "message": exc.message}],
+        public_message=f"image: {exc.public_message}",
+    )
+    error.code = exc.code  # unsafe_url, invalid_image or image_too_large, as the worker would say
+    return error
+
+
 class TaskService:
-    def __init__(self, store: TaskStore, runner: Runner | None, settings: Settings) -> None:
+    def __init__(
+        self, store: TaskStore, runner: Runner | None, settings: Settings, storage: LocalStorage | None = None
+    ) -> None:
         self.store, self.runner, self.settings = store, runner, settings
+        self.storage = storage or LocalStorage(settings.outputs_dir)
 
     def submit(
         self, app: App, input: VideoInput, *, owner: str, options: RunOptions | None = None
     ) -> Submission:
         """Queue a validated input with its hold, webhook, deadline and idempotency key.
 
-        An uploaded image must exist and belong to the owner; a webhook must point at a public address.
+        Everything that can be checked is checked before the hold and the queue: an uploaded image must
+        exist and belong to the owner, an image URL must be well-formed and resolve to public addresses, a
+        data: image must decode (it is then stored once as a file, and the task refers to that file),
+        and a webhook must point at a public address.
         """
         options = options or RunOptions()
-        if input.image is not None and not input.image.startswith(REMOTE_IMAGE_PREFIXES):
-            raise InvalidInput(
-                "image: must be an https:// URL, a data: URI or an uploaded file id (file_...); "
-                "local paths work only in the CLI's local mode",
-                details=[{"field": "image", "type": "image_reference", "message": "not a URL or file id"}],
-            )
-        if input.image is not None and input.image.startswith("file_"):
-            try:
-                self.store.get_file(input.image, owner=owner)
-            except NotFound:
-                raise InvalidInput(
-                    f"image: no uploaded file {input.image!r}",
-                    details=[{"field": "image", "type": "file_not_found", "message": "no such file"}],
-                ) from None
+        image_data = self._check_image(input.image, owner)
         events = list(options.webhook_events) if options.webhook_events else None
         if events is not None and (unknown := sorted(set(events) - set(WEBHOOK_EVENTS))):
             raise InvalidInput(f"webhook_events_filter: unknown events {unknown}; use {list(WEBHOOK_EVENTS)}")
@@ -103,6 +115,9 @@ class TaskService:
         body = input.model_dump(mode="json", exclude_none=True)
         request = {"app": app.id, "input": body, "webhook": options.webhook, "events": events,
                    "cancel_after": options.cancel_after}  # fmt: skip
+        request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        if image_data is not None:
+            body["image"] = self.store_image(owner, *image_data).id
         submission = self.store.submit(
             owner=owner,
             app=app.id,
@@ -114,12 +129,73 @@ class TaskService:
             webhook_events=events,
             deadline_at=deadline,
             idempotency_key=options.idempotency_key,
-            request_hash=hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest(),
+            request_hash=request_hash,
             idempotency_ttl_s=self.settings.idempotency_ttl_s,
         )
         if self.runner is not None and not submission.replayed:
             self.runner.wake()
         return submission
+
+    def _check_image(self, image: str | None, owner: str) -> tuple[bytes, str] | None:
+        """Refuse a bad image reference now; a data: image's bytes and format, to store as a file."""
+        if image is None:
+            return None
+        if not image.startswith(REMOTE_IMAGE_PREFIXES):
+            raise InvalidInput(
+                "image: must be an https:// URL, a data: URI or an uploaded file id (file_...); "
+                "local paths work only in the CLI's local mode",
+                details=[{"field": "image", "type": "image_reference", "message": "not a URL or file id"}],
+            )
+        if image.startswith("file_"):
+            try:
+                self.store.get_file(image, owner=owner)
+            except NotFound:
+                raise InvalidInput(
+                    f"image: no uploaded file {image!r}",
+                    details=[{"field": "image", "type": "file_not_found", "message": "no such file"}],
+                ) from None
+            return None
+        limits = image_limits(self.settings)
+        try:
+            if image.startswith("data:"):
+                return read_data_uri(image, limits)
+            check_image_url(image, limits)
+        except InvalidImage as exc:
+            raise image_error(exc) from None
+        return None
+
+    def store_image(self, owner: str, data: bytes, fmt: str) -> StoredFile:
+        """An input image stored once per owner and content (a resubmitted data: image reuses its file)."""
+        digest = hashlib.sha256(owner.encode() + b"\0" + data).hexdigest()
+        file_id = f"file_{digest[:20]}"
+        try:
+            return self.store.get_file(file_id, owner=owner)
+        except NotFound:
+            pass
+        try:
+            return self.add_upload(owner, data, f"image.{EXTENSIONS[fmt]}", MIME_TYPES[fmt], file_id=file_id)
+        except Exception:
+            try:  # a concurrent submit of the same image stored it first
+                return self.store.get_file(file_id, owner=owner)
+            except NotFound:
+                pass
+            raise
+
+    def add_upload(
+        self, owner: str, data: bytes, filename: str, content_type: str, *, file_id: str | None = None
+    ) -> StoredFile:
+        """Store an input file and record it; StorageError (507) when storage cannot take it."""
+        file_id = file_id or new_file_id()
+        self.storage.write_bytes(data, upload_key(file_id), suffix=".upload")
+        return self.store.add_file(
+            file_id=file_id,
+            owner=owner,
+            purpose="input",
+            key=upload_key(file_id),
+            filename=filename,
+            content_type=content_type,
+            size_bytes=len(data),
+        )
 
     def get(self, task_id: str, *, owner: str) -> Task:
         return self.store.get_task(task_id, owner=owner)

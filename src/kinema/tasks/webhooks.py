@@ -7,46 +7,74 @@ or the schedule runs out. Every attempt is recorded and visible to the task's ow
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
 from kinema.errors import InvalidInput
-from kinema.media.images import is_public_address
+from kinema.media.urls import (
+    IPAddress,
+    URLRefused,
+    allow_any_address,
+    is_public_address,
+    parse_url,
+    pinned_client,
+    resolve_checked,
+)
 from kinema.settings import Settings
 from kinema.store.repo import TaskStore, WebhookDelivery
 from kinema.tasks.models import Task
 
 log = logging.getLogger(__name__)
 
+RESOLVE_TIMEOUT_S = 10.0
+
+
+def _refused(url: str, exc: URLRefused) -> InvalidInput:
+    hint = (
+        "; the operator can allow these with KINEMA_WEBHOOK_ALLOW_PRIVATE"
+        if "not a public address" in exc.reason
+        else ""
+    )
+    shown = url if len(url) <= 200 else url[:199] + "…"
+    return InvalidInput(
+        f"webhook: {shown!r} {exc.reason}{hint}",
+        details=[{"field": "webhook", "type": "webhook_url", "message": exc.reason}],
+    )
+
+
+def webhook_target(
+    url: str, *, allow_private: bool, deadline: float | None = None
+) -> tuple[httpx.URL, list[IPAddress]]:
+    """The parsed URL and the checked addresses a webhook may be sent to; InvalidInput otherwise."""
+    try:
+        parsed = parse_url(url, schemes=("https", "http"))
+        policy = allow_any_address if allow_private else is_public_address
+        deadline = time.monotonic() + RESOLVE_TIMEOUT_S if deadline is None else deadline
+        return parsed, resolve_checked(parsed, policy, deadline)
+    except URLRefused as exc:
+        raise _refused(url, exc) from None
+
 
 def check_webhook_url(url: str, *, allow_private: bool) -> str:
-    """The URL if it is http(s) to a public address (any when allow_private); InvalidInput otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"webhook: {url!r} is not an http(s) URL")
+    """The URL if it is http(s) to a public address (any when allow_private); InvalidInput otherwise.
+
+    With allow_private the host is not resolved here (it may be a name only the receiver's network
+    knows); every delivery resolves and checks it again anyway.
+    """
     if allow_private:
+        try:
+            parse_url(url, schemes=("https", "http"))
+        except URLRefused as exc:
+            raise _refused(url, exc) from None
         return url
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        raise InvalidInput(f"webhook: cannot resolve {parts.hostname!r}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not is_public_address(address):
-            raise InvalidInput(
-                f"webhook: {parts.hostname} resolves to {address}, a loopback/private address; "
-                "the operator can allow these with KINEMA_WEBHOOK_ALLOW_PRIVATE"
-            )
+    webhook_target(url, allow_private=False)
     return url
 
 
@@ -64,7 +92,7 @@ class WebhookSender:
         self.store, self.settings, self.render, self.secret_for = store, settings, render, secret_for
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kinema-webhooks", daemon=True)
-        self._client = httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        self._ssl_context = httpx.create_ssl_context(trust_env=False)
 
     def start(self) -> None:
         self._thread.start()
@@ -72,7 +100,6 @@ class WebhookSender:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        self._client.close()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.webhook_poll_s):
@@ -105,8 +132,17 @@ class WebhookSender:
         status_code: int | None = None
         error: str | None = None
         try:
-            check_webhook_url(delivery.url, allow_private=self.settings.webhook_allow_private)
-            response = self._client.post(delivery.url, content=body, headers=headers)
+            timeout = self.settings.webhook_timeout_s
+            deadline = time.monotonic() + timeout
+            url, addresses = webhook_target(
+                delivery.url, allow_private=self.settings.webhook_allow_private, deadline=deadline
+            )
+            # The connection goes to the address just checked (Host header and TLS name kept), so DNS
+            # cannot send it elsewhere between the check and the connect.
+            with pinned_client(
+                url, addresses, deadline=deadline, ssl_context=self._ssl_context, timeout=timeout
+            ) as client:
+                response = client.post(url, content=body, headers=headers)
             status_code = response.status_code
             if not response.is_success:
                 error = f"receiver answered {response.status_code}"

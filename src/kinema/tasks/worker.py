@@ -37,6 +37,7 @@ from kinema.media.images import ImageLimits, load_image
 from kinema.media.probe import probe_video
 from kinema.settings import Settings
 from kinema.storage.base import Storage
+from kinema.storage.local import is_storage_fault, storage_fault
 from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
 
 if TYPE_CHECKING:
@@ -220,6 +221,16 @@ def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task
         if message != exc.message:
             log.warning("task %s failed: %s", task.id, exc.message)
         task.status, task.error = TaskStatus.failed, TaskError(code=exc.code, message=message)
+    except OSError as exc:  # an encoder writing into staging meets a full or read-only disk
+        if not is_storage_fault(exc):
+            log.exception("task %s failed", task.id)
+            task.status = TaskStatus.failed
+            task.error = TaskError(code="internal_error", message="generation failed; see the server log")
+        else:
+            fault = storage_fault(exc, "cannot write the output")
+            log.warning("task %s failed: %s", task.id, fault.message)
+            task.status = TaskStatus.failed
+            task.error = TaskError(code=fault.code, message=fault.public_message)
     except Exception:
         log.exception("task %s failed", task.id)
         task.status = TaskStatus.failed
