@@ -8,7 +8,6 @@ the needed files. Presence checks read the cache directory only: no network, no 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from kinema.engines.ltx_recipes import (
     detect_generation,
     plan_layout,
     read_configs,
+    read_json,
 )
 from kinema.errors import ModelNotAvailable
 
@@ -101,14 +101,6 @@ def _repo_folder(repo: str, cache_dir: Path | None) -> Path:
     return hub_cache_dir(cache_dir) / ("models--" + repo.replace("/", "--"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _cached_snapshot(repo: str, cache_dir: Path | None, revision: str = "main") -> tuple[Path, str] | None:
     """The cached snapshot folder a revision points at, read from refs/ (no network)."""
     folder = _repo_folder(repo, cache_dir)
@@ -122,7 +114,7 @@ def _cached_snapshot(repo: str, cache_dir: Path | None, revision: str = "main") 
 
 def _cached_listing(repo: str, cache_dir: Path | None, commit: str) -> dict[str, int] | None:
     """The repo's file list with sizes, as huggingface_hub cached it when downloading (trees/<commit>)."""
-    data = _read_json(_repo_folder(repo, cache_dir) / "trees" / f"{commit}.json")
+    data = read_json(_repo_folder(repo, cache_dir) / "trees" / f"{commit}.json")
     files = data.get("files")
     if not isinstance(files, dict):
         return None
@@ -144,7 +136,7 @@ def _missing_weights(model_dir: Path, layout: Layout, needed: list[str]) -> list
         if not sub.is_dir():
             continue
         for index in sub.glob("*.index.json"):
-            shards = _read_json(index).get("weight_map", {})
+            shards = read_json(index).get("weight_map", {})
             missing += [f"{folder}/{s}" for s in sorted(set(shards.values())) if not (sub / s).is_file()]
         if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in sub.iterdir()):
             missing.append(f"{folder}/ (no weights)")
@@ -158,7 +150,7 @@ def plan_files(
 ) -> tuple[Layout, list[str]]:
     """The layout a variant uses in a directory and the files it needs (from the repo listing when known)."""
     files = sorted(listing) if listing is not None else _disk_files(model_dir)
-    layout = plan_layout(_read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
+    layout = plan_layout(read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
     return layout, layout.needed_paths(files)
 
 
@@ -283,7 +275,7 @@ def plan_download(
     # Asked by branch name, so the cache records refs/main -> commit, which the offline status reads.
     index = Path(hf_hub_download(repo, "model_index.json", revision=revision or "main", cache_dir=cache))
     snapshot = index.parent
-    for path in _config_paths(_read_json(index), files):
+    for path in _config_paths(read_json(index), files):
         hf_hub_download(repo, path, revision=commit, cache_dir=cache)
     layout, needed = plan_files(snapshot, variant, files)
     total = sum(files[p] for p in needed)

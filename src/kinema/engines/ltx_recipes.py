@@ -154,7 +154,8 @@ class LayoutError(ValueError):
     """A directory or repo that does not hold what a variant needs (message says what is missing)."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is missing or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -186,7 +187,7 @@ def read_configs(model_dir: Path) -> dict[str, dict[str, Any]]:
     for sub in sorted(p for p in model_dir.iterdir() if p.is_dir()):
         for name in ("config.json", "scheduler_config.json"):
             if (sub / name).is_file():
-                configs[sub.name] = _read_json(sub / name)
+                configs[sub.name] = read_json(sub / name)
                 break
     return configs
 
@@ -304,7 +305,7 @@ def plan_layout(
 def plan_local_layout(model_dir: Path, variant: Variant) -> Layout:
     """plan_layout for a directory on disk."""
     files = [str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()]
-    return plan_layout(_read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
+    return plan_layout(read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
 
 
 def approx_download_bytes(generation: Generation, variant: Variant) -> int:
