@@ -107,3 +107,29 @@ def test_placement_defaults_to_cpu_float32_without_cuda(settings: Settings) -> N
         assert not placement.fp8 and not placement.compile
         with pytest.raises(InsufficientResources, match="no CUDA"):
             choose_placement(settings.model_copy(update={"device": "cuda"}))
+
+
+GB = 1000**3
+
+
+def test_fit_check_knows_each_generations_sizes_and_moves_the_text_encoder_off_a_small_gpu() -> None:
+    from kinema.engines.device import text_encoder_placement
+    from kinema.engines.ltx_recipes import estimated_component_bytes
+
+    sizes20 = estimated_component_bytes("2.0", "distilled")
+    sizes25 = estimated_component_bytes("2.5", "distilled")
+    assert (
+        sizes25["transformer"] > sizes20["transformer"] and sizes25["text_encoder"] == sizes20["text_encoder"]
+    )
+    assert 40 * GB < sum(sizes25.values()) - sizes25["text_encoder"] < 50 * GB
+    # One 80 GB H100 holds LTX-2.5 in bf16, Gemma included.
+    assert text_encoder_placement(sizes25, 80 * 1024**3, "cuda", "none") == "device"
+    # A 48 GB GPU with an FP8 transformer: everything but Gemma fits, so Gemma stays on the CPU.
+    fp8 = estimated_component_bytes("2.5", "full", fp8=True)
+    assert text_encoder_placement(fp8, 48 * 1024**3, "cuda", "none") == "cpu"
+    # 24 GB is not enough even without Gemma; with model offload only the largest part (Gemma) must fit.
+    assert text_encoder_placement(fp8, 24 * 1024**3, "cuda", "none") is None
+    assert text_encoder_placement(fp8, 24 * 1024**3, "cuda", "model") is None
+    assert text_encoder_placement(fp8, 32 * 1024**3, "cuda", "model") == "device"
+    # A CPU run never splits.
+    assert text_encoder_placement(sizes25, 48 * 1024**3, "cpu", "none") is None

@@ -140,6 +140,20 @@ def required_bytes(sizes: dict[str, int], offload: str) -> int:
     return int(peak * 1.1)
 
 
+def text_encoder_placement(sizes: dict[str, int], have: int, device_type: str, offload: str) -> str | None:
+    """Where the text encoder goes if the model fits: "device" with the rest, "cpu" when only keeping it
+    off a GPU makes the rest fit, or None when even that is not enough."""
+    if required_bytes(sizes, offload) <= have:
+        return "device"
+    if device_type == "cuda" and offload == "none" and "text_encoder" in sizes:
+        # Gemma (12B, ~24 GB) is used once per prompt and its embeddings are cached: keep it on the CPU
+        # rather than refusing a GPU that holds everything else.
+        rest = {k: v for k, v in sizes.items() if k != "text_encoder"}
+        if required_bytes(rest, "none") <= have:
+            return "cpu"
+    return None
+
+
 def check_fits(
     app_id: str,
     model_dir: Path,
@@ -153,14 +167,9 @@ def check_fits(
     sizes = component_bytes(model_dir, placement.dtype, placement.fp8, folders=folders)
     need = required_bytes(sizes, settings.offload)
     have = available_bytes(placement.device, settings)
-    if need <= have:
-        return "device"
-    if placement.device.type == "cuda" and settings.offload == "none" and "text_encoder" in sizes:
-        # Gemma (12B, ~24 GB) is used once per prompt and its embeddings are cached: keep it on the CPU
-        # rather than refusing a GPU that holds everything else.
-        rest = {k: v for k, v in sizes.items() if k != "text_encoder"}
-        if required_bytes(rest, "none") <= have:
-            return "cpu"
+    text_encoder = text_encoder_placement(sizes, have, placement.device.type, settings.offload)
+    if text_encoder is not None:
+        return text_encoder
     hint = (
         "try KINEMA_OFFLOAD=model (or sequential), KINEMA_FP8=1 on an Ada/Hopper GPU, or a bigger GPU"
         if placement.device.type == "cuda"

@@ -112,11 +112,14 @@ class Recipe:
     max_sequence_length: int = 1024  # [P] max_sequence_length default
     decode_timestep: float = 0.05  # [L] constants: decode timestep / noise scale for the timestep-aware VAE
     decode_noise_scale: float = 0.025
-    # Parameter counts for the fit check and download estimates ([D] model cards; bf16 = 2 bytes each).
-    transformer_params: float = 19e9
-    text_encoder_params: float = 12e9
+    # Parameter counts (diffusers 0.42.1 models built from each generation's config on the meta device):
+    # transformer 18.88B (2.0) / 18.99B (2.3, 2.5); text connectors 1.43B / 3.17B (transformer + connectors
+    # is the published "19B" / "22B"); video VAE 1.22B / 0.73B; vocoder 0.06B / 0.13B; audio VAE 0.05B;
+    # latent upsampler 0.5B; Gemma 3 12B / Gemma 4 12B text encoders.
+    transformer_params: float = 18.99e9
+    text_encoder_params: float = 12.2e9
     upsampler_params: float = 0.5e9
-    other_params: float = 1.5e9  # video VAE, audio VAE, vocoder, connectors
+    other_params: float = 3.17e9 + 0.73e9 + 0.13e9 + 0.05e9  # connectors, video VAE, vocoder, audio VAE
 
 
 RECIPES: dict[Generation, Recipe] = {
@@ -125,7 +128,8 @@ RECIPES: dict[Generation, Recipe] = {
         full_guidance=_full_guidance(stg_block=29),
         use_cross_timestep=False,
         full_steps=40,  # [L] LTX-2 19B constants: 40 steps (the 2.3/2.5 references use 30)
-        transformer_params=19e9,
+        transformer_params=18.88e9,
+        other_params=1.43e9 + 1.22e9 + 0.06e9 + 0.05e9,
     ),
     "2.3": Recipe(
         generation="2.3",
@@ -133,7 +137,6 @@ RECIPES: dict[Generation, Recipe] = {
         use_cross_timestep=True,
         full_steps=30,
         vocoder_rate=48000,
-        transformer_params=22e9,
     ),
     "2.5": Recipe(
         generation="2.5",
@@ -143,7 +146,6 @@ RECIPES: dict[Generation, Recipe] = {
         image_crf=18,
         text_encoder="Gemma 4 12B",
         vocoder_rate=48000,
-        transformer_params=22e9,
     ),
 }
 
@@ -308,10 +310,25 @@ def plan_local_layout(model_dir: Path, variant: Variant) -> Layout:
     return plan_layout(read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
 
 
+LORA_PARAMS = 0.4e9  # the stage-2 distilled LoRA (rank 384-450, about 0.8 GB in bf16)
+
+
+def estimated_component_bytes(
+    generation: Generation, variant: Variant, *, fp8: bool = False
+) -> dict[str, int]:
+    """What each loaded component takes in bf16 (the transformer in FP8 when asked), from the table above."""
+    r = RECIPES[generation]
+    sizes = {
+        "transformer": int(r.transformer_params * (1 if fp8 else 2)),
+        "text_encoder": int(r.text_encoder_params * 2),
+        "latent_upsampler": int(r.upsampler_params * 2),
+        "other": int(r.other_params * 2),
+    }
+    if variant == "full":
+        sizes["lora"] = int(LORA_PARAMS * 2)
+    return sizes
+
+
 def approx_download_bytes(generation: Generation, variant: Variant) -> int:
     """A generation's download in bf16 for a variant, before any file listing is at hand."""
-    r = RECIPES[generation]
-    params = r.transformer_params + r.text_encoder_params + r.upsampler_params + r.other_params
-    if variant == "full":
-        params += 0.4e9 * 2  # the stage 2 distilled LoRA (rank 384-450, about 0.8 GB)
-    return int(params * 2)
+    return sum(estimated_component_bytes(generation, variant).values())
