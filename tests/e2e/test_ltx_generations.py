@@ -1,4 +1,4 @@
-"""Every LTX generation through the real apps' whole path: weights pinned by settings, recipe detected, MP4 probed.
+"""Every LTX generation through the real apps' whole path: weights pinned by settings, MP4 probed.
 
 Each generation's tiny repo (real configs, real layout) runs text-to-video and image-to-video, audio on and
 off, at 720p, 1080p and 4K, three runs a generation spread over those axes (the full product would be 36
