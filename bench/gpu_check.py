@@ -7,7 +7,9 @@ was measured before the wall limit can kill the process, and results are written
     python bench/gpu_check.py                # on the GPU (about 4-5 minutes on an H100, capped)
     python bench/gpu_check.py --cpu-smoke    # tiny sizes on a CPU, to check the code paths
 
-Sections, most important first: env, tiny_e2e (kinema's worker on the tiny app), real_transformer
+Sections, most important first: env, tiny_e2e (kinema's worker on the tiny app), two_stage_apps (the
+LTX engine's whole two-stage path with every component at its real size and random weights: LTX-2.5
+distilled at 720p / 1080p / 4K with audio, warm, per-stage times and peak memory; then FP8), real_transformer
 (the 19B LTX-2 transformer, random weights: bf16, then FP8 storage), real_vae_decode (the real video
 VAE, untiled and tiled), real_transformer_compile (regional torch.compile, only with time to spare).
 The results go to stdout (last line) and to $OUT/gpu_check.json when OUT is set.
@@ -728,7 +730,163 @@ def section_compile(check: Check, out: Results) -> None:
     torch._dynamo.reset()
 
 
-# main -----------------------------------------------------------------------------------------------
+# Gemma 3 12B's text config (google/gemma-3-12b-it). LTX-2.5's Gemma 4 12B is not here in config form;
+# the same size class stands in for it (the text encoder runs once per prompt; its embeddings are cached).
+GEMMA_12B_TEXT: dict[str, Any] = {
+    "vocab_size": 262_208,
+    "hidden_size": 3840,
+    "intermediate_size": 15_360,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "sliding_window": 1024,
+}
+
+
+def build_real_pipeline(check: Check, generation: str) -> tuple[Any, Any]:
+    """An LTX2Pipeline and latent upsampler with every component at its real size, random bf16 weights,
+    built from the generation's real configs directly on the device (tiny ones for --cpu-smoke)."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from kinema.engines.tiny import (
+        build_tiny_components,
+        build_tiny_tokenizer,
+        build_tiny_upsampler,
+        real_config,
+    )
+
+    if check.smoke:
+        return LTX2Pipeline(**build_tiny_components(generation)), build_tiny_upsampler(generation)
+    device = check.device
+    connectors = real_config(generation, "connectors")
+    connectors["caption_channels"] = connectors.get("caption_channels") or GEMMA_12B_TEXT["hidden_size"]
+    connectors["text_proj_in_factor"] = connectors.get("text_proj_in_factor") or 49
+    vocoder = real_config(generation, "vocoder")
+    vocoder_cls = LTX2VocoderWithBWE if vocoder.get("bwe_hidden_channels") else LTX2Vocoder
+    text_config = Gemma3Config(text_config=GEMMA_12B_TEXT, vision_config={"num_hidden_layers": 1})
+    components = {
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(real_config(generation, "scheduler")),
+        "vae": build_on_device(AutoencoderKLLTX2Video, real_config(generation, "vae"), device),
+        "audio_vae": build_on_device(AutoencoderKLLTX2Audio, real_config(generation, "audio_vae"), device),
+        "text_encoder": build_on_device(lambda **_: Gemma3ForConditionalGeneration(text_config), {}, device),
+        "tokenizer": build_tiny_tokenizer(),
+        "connectors": build_on_device(LTX2TextConnectors, connectors, device),
+        "transformer": build_on_device(
+            LTX2VideoTransformer3DModel, real_config(generation, "transformer"), device
+        ),
+        "vocoder": build_on_device(vocoder_cls, vocoder, device),
+    }
+    upsampler = build_on_device(LTX2LatentUpsamplerModel, real_config(generation, "latent_upsampler"), device)
+    return LTX2Pipeline(**components), upsampler
+
+
+def two_stage_cases(smoke: bool) -> list[tuple[str, str, float, bool]]:
+    """(name, resolution, seconds, audio): the issue's targets, or one small case for --cpu-smoke."""
+    if smoke:
+        return [("720p_1s_audio", "720p", 1.0, True)]
+    return [
+        ("720p_5s_audio", "720p", 5.0, True),
+        ("1080p_5s_audio", "1080p", 5.0, True),
+        ("4k_5s", "4K", 5.0, False),
+    ]
+
+
+def section_two_stage_apps(check: Check, out: Results) -> None:
+    """lightricks/ltx-2-fast's engine end to end at real size (random weights): each case warm, per stage."""
+    from kinema.apps.sizing import output_size, plan_frames
+    from kinema.engines.base import CancelToken, GenerationRequest
+    from kinema.engines.device import Placement
+    from kinema.engines.ltx2 import LTX2Engine, prepare_loaded
+    from kinema.engines.ltx_recipes import Layout
+    from kinema.engines.sampling import LTX2Sampling
+    from kinema.media.encode import EncodeOptions, encode_mp4
+
+    generation = "2.5"
+    device = check.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    built: dict[str, Any] = {}
+
+    def build() -> dict[str, Any]:
+        started = time.perf_counter()
+        built["pipe"], built["upsampler"] = build_real_pipeline(check, generation)
+        return {"seconds": time.perf_counter() - started, "allocated_gib": allocated_gib(device)}
+
+    if check.step(out, "build", build, need_s=30) is None:
+        return
+    pipe, upsampler = built.pop("pipe"), built.pop("upsampler")
+    out["parameters_b"] = {
+        name: round(sum(p.numel() for p in getattr(pipe, name).parameters()) / 1e9, 3)
+        for name in ("transformer", "text_encoder", "connectors", "vae", "audio_vae", "vocoder")
+    }
+    layout = Layout(generation, "distilled", "transformer", False, None, "latent_upsampler", ())
+    for mode in ("bf16", "fp8"):
+        if mode == "fp8" and (device.type != "cuda" or check.left() < 120):
+            out[mode] = {"status": "skipped", "reason": "CUDA only, or no time left"}
+            continue
+        placement = Placement(device=device, dtype=dtype, fp8=mode == "fp8", compile=False)
+        loaded = prepare_loaded(
+            pipe, upsampler, placement, offload="none", vae_tiling=True, text_encoder="device"
+        )
+        engine = LTX2Engine(loaded, LTX2Sampling(), placement, layout=layout, weights="random")
+        results: dict[str, Any] = {"weights_gib": allocated_gib(device)}
+        out[mode] = results
+        for name, resolution, seconds, audio in two_stage_cases(check.smoke):
+            width, height = output_size(resolution, "16:9")  # type: ignore[arg-type]
+            request = GenerationRequest(
+                prompt="A drone shot rising over a foggy forest at sunrise",
+                negative_prompt=None,
+                image=None,
+                width=width,
+                height=height,
+                frames=plan_frames(seconds, 24, 8),
+                generate_audio=audio,
+                seed=1,
+            )
+
+            def run_case(request: GenerationRequest = request, engine: LTX2Engine = engine) -> dict[str, Any]:
+                reset_peak(device)
+                started = time.perf_counter()
+                clip = engine.generate(request, lambda event: None, CancelToken())
+                target = Path(tempfile.mkdtemp()) / "clip.mp4"
+                encode_started = time.perf_counter()
+                encode_mp4(
+                    target,
+                    clip.frames,
+                    width=clip.width,
+                    height=clip.height,
+                    fps=clip.fps,
+                    audio=clip.audio,
+                    sample_rate=clip.sample_rate,
+                    options=EncodeOptions(hardware=device.type == "cuda"),
+                )
+                sync(device)
+                shutil.rmtree(target.parent, ignore_errors=True)
+                return {
+                    "end_to_end_s": time.perf_counter() - started,
+                    "stages_s": {**clip.timings, "encode_incl_frames": time.perf_counter() - encode_started},
+                    "peak_gib": peak_gib(device),
+                    "model": clip.model,
+                }
+
+            check.step(results, f"{name}_cold", run_case, need_s=20)
+            check.step(results, f"{name}_warm", run_case, need_s=20)
+    del pipe, upsampler
+    free_memory()
+
+
+# main -----------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -807,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[Check, Results], None], float, bool]] = [
         ("env", section_env, 0, True),
         ("tiny_e2e", section_tiny_e2e, 30, needs_gpu),
+        ("two_stage_apps", section_two_stage_apps, 90, needs_gpu),
         ("real_transformer", section_real_transformer, 60, needs_gpu),
         ("real_vae_decode", section_real_vae_decode, 30, needs_gpu),
         (

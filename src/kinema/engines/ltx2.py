@@ -55,7 +55,7 @@ def load_pipeline(
     text_encoder: str,
 ) -> dict[str, Any]:
     """The diffusers objects a layout needs, on the chosen device: the pipeline, its upsampler, schedulers."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline, LTX2VideoTransformer3DModel
+    from diffusers import LTX2Pipeline, LTX2VideoTransformer3DModel
 
     extra: dict[str, Any] = {}
     if layout.transformer_single_file:
@@ -82,6 +82,17 @@ def load_pipeline(
         upsampler = LTX2LatentUpsamplerModel.from_pretrained(
             model_dir, subfolder=layout.upsampler, torch_dtype=placement.dtype
         )
+    return prepare_loaded(
+        pipe, upsampler, placement, offload=offload, vae_tiling=vae_tiling, text_encoder=text_encoder
+    )
+
+
+def prepare_loaded(
+    pipe: Any, upsampler: Any, placement: Placement, *, offload: str, vae_tiling: bool, text_encoder: str
+) -> dict[str, Any]:
+    """Put loaded (or, in bench/gpu_check.py, freshly built) components on the device, as the engine wants."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     if placement.fp8:
         pipe.transformer.enable_layerwise_casting(
             storage_dtype=torch.float8_e4m3fn, compute_dtype=placement.dtype
