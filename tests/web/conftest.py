@@ -32,15 +32,18 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
 ) -> Iterator[LiveServer]:
     """A server with billing on (the admin holds 100 USD), where kinema/tiny works and lightricks/ltx-2-fast
-    fails (its weights are an empty dir)."""
+    is accepted but fails (its weights are all there, but the transformer's file is damaged)."""
     root = tmp_path_factory.mktemp("playground")
     data_dir = root / "data"
     (data_dir / "models").mkdir(parents=True)
     (data_dir / "models" / "kinema-tiny").symlink_to(tiny_model_dir, target_is_directory=True)
-    (root / "no-weights").mkdir()
+    damaged = root / "damaged-weights"
+    shutil.copytree(tiny_model_dir, damaged)
+    for weights in (damaged / "transformer").glob("*.safetensors"):
+        weights.write_bytes(b"\x00" * 64)
     settings = Settings(data_dir=data_dir, device="cpu", _env_file=None)  # type: ignore[call-arg]
     served = server_settings(
-        settings, billing_enabled=True, model_paths={"lightricks/ltx-2-fast": str(root / "no-weights")}
+        settings, billing_enabled=True, model_paths={"lightricks/ltx-2-fast": str(damaged)}
     )
     live = LiveServer(served, warm).start()
     try:

@@ -140,17 +140,27 @@ def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Eng
             layout.transformer,
             *(x for x in (layout.upsampler, layout.stage2_lora) if x),
         }
-        text_encoder = check_fits(app.id, model_dir, placement, settings, folders=folders)
-        if placement.device.type == "cuda" and text_encoder == "device":
-            text_encoder = "gpu"
-        loaded = load_pipeline(
-            model_dir,
-            layout,
-            placement,
-            offload=settings.offload,
-            vae_tiling=settings.vae_tiling,
-            text_encoder=text_encoder,
-        )
+        try:
+            text_encoder = check_fits(app.id, model_dir, placement, settings, folders=folders)
+            if placement.device.type == "cuda" and text_encoder == "device":
+                text_encoder = "gpu"
+            loaded = load_pipeline(
+                model_dir,
+                layout,
+                placement,
+                offload=settings.offload,
+                vae_tiling=settings.vae_tiling,
+                text_encoder=text_encoder,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:  # damaged or partial files (safetensors, configs)
+            if isinstance(exc, torch_oom()):
+                raise
+            raise ModelNotAvailable(
+                f"{app.id}: the weights in {model_dir} could not be loaded ({exc}); download them again"
+                f" with `kinema models pull {app.id}`",
+                public_message=f"the weights for {app.id} on this server could not be loaded",
+                details={"weights": str(model_dir)},
+            ) from exc
         source = settings.model_paths.get(app.id, app.default_weights or "")
         return LTX2Engine(
             loaded, sampling, placement, layout=layout, weights=source, text_encoder=text_encoder
@@ -158,6 +168,13 @@ def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Eng
 
     engine, loaded = warm.get_or_load(key, loader)
     return engine, loaded
+
+
+def torch_oom() -> type[BaseException]:
+    """torch's out-of-memory error (a RuntimeError that must not pass as damaged weights)."""
+    import torch
+
+    return torch.OutOfMemoryError
 
 
 def _checked(frames: Iterable[np.ndarray], cancel: CancelToken) -> Iterator[np.ndarray]:
