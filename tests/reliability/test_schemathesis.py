@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from kinema.engines.cache import WarmModels
@@ -22,6 +23,7 @@ from tests.conftest import ADMIN_KEY
 from tests.reliability.guards import no_dns
 from tests.reliability.servers import loopback_only, running_server
 
+pytestmark = pytest.mark.slow
 ST = str(Path(sys.executable).parent / "st")
 MAX_TIME_S = 110  # schemathesis stops generating after this; the whole test stays near two minutes
 MAX_EXAMPLES = 40
