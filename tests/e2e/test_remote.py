@@ -223,6 +223,15 @@ def test_task_logs_prints_the_log_lines(remote_env: dict[str, str], finished: Ta
         assert lines[-1].startswith("completed in")
 
 
+def test_task_logs_json_prints_every_event_as_a_json_line(remote_env: dict[str, str], finished: Task) -> None:
+    result = kinema(remote_env, "task", "logs", finished.id, "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[0] == {"id": events[0]["id"], "event": "status", "data": {"status": "queued"}}
+    assert "progress" in {e["event"] for e in events}
+    assert events[-1]["event"] == "task" and events[-1]["data"]["id"] == finished.id
+
+
 def test_task_cancel_of_a_finished_task_is_refused_with_2(remote_env: dict[str, str], finished: Task) -> None:
     result = kinema(remote_env, "task", "cancel", finished.id)
     assert result.returncode == 2

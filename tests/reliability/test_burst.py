@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import ADMIN_KEY
 from tests.reliability.servers import data_dir
 
+pytestmark = pytest.mark.slow
 KINEMA = str(Path(sys.executable).parent / "kinema")
 SUBMITS = 200
 PROBE = str(Path(__file__).with_name("healthz_probe.py"))

@@ -354,7 +354,7 @@ def test_insufficient_balance_and_rate_limit_are_explained(tab: Tab, server: Liv
         broke = api.post("/v1/admin/users", json={"name": "broke"}).json()
     page = tab.page
     tab.sign_in(broke["key"])
-    expect(page.locator("#account")).to_have_text("broke · 0 USD")
+    expect(page.locator("#account")).to_have_text("broke · 0.00 USD")
     page.goto(TINY_FORM)
     page.get_by_label("Prompt", exact=True).fill("more than I can pay for")
     price = page.locator("#price").inner_text()

@@ -532,9 +532,9 @@ def task_logs(
             for event in client.stream(task_id, idle_timeout=None if follow_log else LOGS_IDLE_S):
                 if as_json:
                     line = json.dumps({"id": event.id, "event": event.event, "data": event.data})
-                    out.print(line, highlight=False, markup=False, soft_wrap=True)
+                    out.print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
                 elif event.message is not None:
-                    out.print(event.message, highlight=False, markup=False, soft_wrap=True)
+                    out.print(event.message, highlight=False, markup=False, emoji=False, soft_wrap=True)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 

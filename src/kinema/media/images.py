@@ -338,6 +338,9 @@ def _fetch_hop(
         raise _timed_out(limits) from None
     except httpx.HTTPError as exc:
         raise InvalidImage(f"cannot fetch image URL {shown}: {_one_line(exc)}") from None
+    except (httpx.InvalidURL, ValueError) as exc:
+        # httpx reads a redirect's Location even when not following it; data: or garbage raises here.
+        raise InvalidImage(f"image URL {shown} redirected to an unusable URL: {_one_line(exc)}") from None
 
 
 def _read_capped(response: httpx.Response, shown: str, limits: ImageLimits) -> bytes:

@@ -148,7 +148,7 @@ class WebhookSender:
                 error = f"receiver answered {response.status_code}"
         except InvalidInput as exc:
             error = exc.message
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # InvalidURL: a bad Location header
             error = f"{type(exc).__name__}: {exc}"[:500]
         delivered = error is None
         self.store.record_webhook_attempt(
