@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from kinema.api.models import KeyCreated as NewApiKey
 from kinema.api.models import KeyOut as ApiKeyInfo
 from kinema.api.models import MeOut as Account
+from kinema.api.models import WeightsOut as AppWeights
 from kinema.apps.schema import OutputMeta, VideoOutput
 from kinema.errors import Conflict, InvalidInput, KinemaError
 from kinema.tasks.models import TaskError, TaskProgress, TaskStatus
@@ -160,6 +161,7 @@ class AppSummary(BaseModel):
     description: str
     available: bool = True
     unavailable_reason: str | None = None
+    weights: AppWeights | None = None  # local apps: present here, or the download size
 
 
 class AppDetail(AppSummary):
@@ -172,7 +174,6 @@ class AppDetail(AppSummary):
     input_schema: dict[str, Any]
     pricing: dict[str, Any]
     examples: list[dict[str, Any]]
-    weights: str | None = None
     engine: str = "local"
     provider: dict[str, Any] | None = None
 

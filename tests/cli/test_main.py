@@ -54,9 +54,9 @@ def test_app_list_piped_prints_every_app_id_whole_one_app_per_line(piped_env: di
     result = kinema(piped_env, "app", "list")
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split("\t") == ["app", "version", "description", "available"]
+    assert header.split("\t") == ["app", "version", "description", "weights", "available"]
     assert [row.split("\t")[0] for row in rows] == [a.id for a in list_apps()]
-    assert all(len(row.split("\t")) == 4 for row in rows)
+    assert all(len(row.split("\t")) == 5 for row in rows)
     assert "…" not in result.stdout
     veo = next(row for row in rows if row.startswith("google/veo-3-1-fast\t"))
     assert veo.endswith("(or GOOGLE_API_KEY / GEMINI_API_KEY) and restart")  # the reason, unwrapped

@@ -67,6 +67,7 @@ def assert_keeps_the_rules(app: App, raw: dict[str, Any], accepted: VideoInput) 
     """What the README and the published schema promise about an accepted input."""
     assert set(raw) <= set(FIELDS), "unknown fields are refused"
     assert 1 <= len(accepted.prompt) <= 4000 and trimmed(accepted.prompt)
+    assert any(c.isprintable() and not c.isspace() for c in accepted.prompt)  # something visible
     assert accepted.resolution in ("720p", "1080p", "4K")
     assert accepted.aspect_ratio is None or accepted.aspect_ratio in app.aspect_ratios
     assert type(raw.get("generate_audio", False)) is bool, "strict: no coercion to bool"
@@ -120,7 +121,12 @@ def test_any_object_near_the_input_shape_is_accepted_within_the_rules_or_refused
 def valid_inputs(draw: st.DrawFn, app: App) -> dict[str, Any]:
     """An input every documented rule allows, with each optional field present or not."""
     raw: dict[str, Any] = {
-        "prompt": draw(st.text(min_size=1, max_size=60).filter(lambda s: s.strip()) | st.just("p" * 4000))
+        "prompt": draw(
+            st.text(min_size=1, max_size=60).filter(
+                lambda s: any(c.isprintable() and not c.isspace() for c in s)
+            )
+            | st.just("p" * 4000)
+        )
     }
     optional = {
         "image": st.sampled_from(["https://example.com/cat.png", "file_0123", "data:image/png;base64,AAAA"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,7 +21,19 @@ from kinema.apps.sizing import AspectRatio, Resolution
 from kinema.billing.pricing import Billing
 from kinema.errors import InvalidInput
 
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+def _has_printable(text: str) -> str:
+    """A prompt must say something: control and format characters alone are not a prompt."""
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise ValueError("the prompt has no visible characters")
+    return text
+
+
+Prompt = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
+    AfterValidator(_has_printable),
+]
 OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)]
 
 
