@@ -63,16 +63,16 @@ def load_pipeline(
             str(model_dir / layout.transformer),
             config=str(model_dir),
             subfolder="transformer",
-            torch_dtype=placement.dtype,
+            dtype=placement.dtype,
         )
     elif layout.transformer != "transformer":
         # [D] "Full / SFT transformer": passing transformer= keeps the distilled folder from loading as well.
         extra["transformer"] = LTX2VideoTransformer3DModel.from_pretrained(
-            model_dir, subfolder=layout.transformer, torch_dtype=placement.dtype
+            model_dir, subfolder=layout.transformer, dtype=placement.dtype
         )
     if "duration_head" in layout.components:
         extra["duration_head"] = None  # kinema always sets num_frames; the head would only cost memory
-    pipe = LTX2Pipeline.from_pretrained(model_dir, torch_dtype=placement.dtype, **extra)
+    pipe = LTX2Pipeline.from_pretrained(model_dir, dtype=placement.dtype, **extra)
     if layout.stage2_lora is not None:
         pipe.load_lora_weights(str(model_dir), weight_name=layout.stage2_lora, adapter_name=STAGE2_ADAPTER)
     upsampler = None
@@ -80,7 +80,7 @@ def load_pipeline(
         from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
         upsampler = LTX2LatentUpsamplerModel.from_pretrained(
-            model_dir, subfolder=layout.upsampler, torch_dtype=placement.dtype
+            model_dir, subfolder=layout.upsampler, dtype=placement.dtype
         )
     return prepare_loaded(
         pipe, upsampler, placement, offload=offload, vae_tiling=vae_tiling, text_encoder=text_encoder
