@@ -67,9 +67,9 @@ def test_each_generation_runs_the_two_stage_recipe_to_an_exact_mp4(
         _env_file=None,  # type: ignore[call-arg]
     )
     ctx = RunContext(settings=settings, storage=LocalStorage(settings.outputs_dir), warm=warm)
-    raw: dict[str, Any] = {"prompt": f"LTX-{generation} smoke", "duration": 0.5, "seed": 11, **extra}
+    raw: dict[str, Any] = {"prompt": f"LTX-{generation} smoke", "duration": 1.0, "seed": 11, **extra}
     if raw.get("image") == "png":
-        raw["image"] = png_data_uri(320, 240)
+        raw["image"] = png_data_uri(320, 180)  # 16:9: the app takes the image's ratio
     task = run_task(app, raw, ctx)
     assert task.status is TaskStatus.completed, task.error
     audio = bool(extra.get("generate_audio"))
@@ -77,7 +77,7 @@ def test_each_generation_runs_the_two_stage_recipe_to_an_exact_mp4(
         settings.outputs_dir / f"{task.id}.mp4",
         width=size[0],
         height=size[1],
-        duration=0.5,
+        duration=1.0,
         fps=24,
         audio=audio,
     )
