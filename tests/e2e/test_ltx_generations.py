@@ -98,3 +98,9 @@ def test_each_generation_runs_the_two_stage_recipe_to_an_exact_mp4(
     else:
         assert len(model.stages) == 2 and "latent_upsampler" not in model.upscale
     assert task.output_meta.has_audio is audio
+    # Billed at the tier of what was delivered (4K and audio rates included).
+    four_k = extra["resolution"] == "4K"
+    rate = {(False, False): "0.10", (False, True): "0.25", (True, False): "0.30", (True, True): "0.35"}
+    assert task.output_meta.resolution == ("4K" if four_k else extra["resolution"])
+    assert task.output_meta.billing.rate_per_second == rate[four_k, audio]
+    assert task.output_meta.billing.cost == rate[four_k, audio]  # 1 s

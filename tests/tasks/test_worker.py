@@ -94,17 +94,6 @@ def test_1080p_with_audio(ctx: RunContext) -> None:
 
 
 @pytest.mark.slow
-def test_4k_with_audio_costs_the_4k_rate(ctx: RunContext) -> None:
-    task = run_task(
-        TINY, {"prompt": "uhd", "resolution": "4K", "generate_audio": True, "duration": 0.125}, ctx
-    )
-    assert task.status is TaskStatus.completed, task.error
-    assert_mp4(_output(ctx, task.id), width=3840, height=2160, duration=0.125, fps=24, audio=True)
-    assert task.output_meta is not None
-    assert task.output_meta.resolution == "4K"
-    assert task.output_meta.billing.rate_per_second == "0.35"
-
-
 def test_same_seed_same_video(ctx: RunContext) -> None:
     first = run_task(TINY, {"prompt": "seeded", "duration": 0.25, "seed": 42}, ctx)
     second = run_task(TINY, {"prompt": "seeded", "duration": 0.25, "seed": 42}, ctx)
