@@ -1,8 +1,9 @@
 """kinema's overhead over the bare library path, measured side by side in one process.
 
-The same tiny LTX-2 model, sizes, steps and seed run (a) through kinema's worker (prompt encoding, denoising,
-decoding, fitting to the exact size, MP4 encode, probe, store) and (b) as a bare diffusers pipeline call plus
-a plain PyAV write of its frames and audio. Prints the median time of each and the ratio kinema / bare.
+The same tiny LTX-2.5 model, sizes, schedule and seed run (a) through kinema's worker (prompt encoding, the
+two-stage recipe, decoding, fitting to the exact size, MP4 encode, probe, store) and (b) as the diffusers
+docs' two-stage recipe (stage 1 at half size, LTX2LatentUpsamplePipeline, stage 2 at full size) plus PyAV
+write of its frames and audio. Prints the median time of each and the ratio kinema / bare.
 
     .venv/bin/python bench/overhead.py [--rounds 3] [--duration 2] [--resolution 720p] [--no-audio]
 """
@@ -23,6 +24,7 @@ import torch
 from kinema.apps.registry import TINY
 from kinema.apps.sizing import generation_size, output_size, plan_frames
 from kinema.engines.cache import WarmModels
+from kinema.engines.ltx_recipes import DISTILLED_SIGMAS, STAGE_2_SIGMAS
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
 from kinema.tasks.models import TaskStatus
@@ -31,6 +33,7 @@ from kinema.tasks.worker import RunContext, load_engine, run_task
 
 def bare_run(
     pipe: object,
+    upsample_pipe: object,
     out: Path,
     *,
     prompt: str,
@@ -42,25 +45,48 @@ def bare_run(
     audio: bool,
     seed: int,
 ) -> None:
-    """What a user writes without kinema: call the pipeline, then write its frames with PyAV."""
-    sampling = TINY.sampling
-    gen_w, gen_h = generation_size(width, height, multiple=32, max_pixels=None)
+    """What a user writes without kinema: the docs' two-stage calls, then its frames written with PyAV."""
+    unguided = {
+        "guidance_scale": 1.0,
+        "stg_scale": 0.0,
+        "modality_scale": 1.0,
+        "guidance_rescale": 0.0,
+        "audio_guidance_scale": 1.0,
+        "audio_stg_scale": 0.0,
+        "audio_modality_scale": 1.0,
+        "audio_guidance_rescale": 0.0,
+        "spatio_temporal_guidance_blocks": None,
+    }
+    gen_w, gen_h = generation_size(width, height, multiple=64, max_pixels=None)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    common = {
+        "prompt": prompt,
+        "num_frames": generated,
+        "frame_rate": float(fps),
+        "generator": generator,
+        "max_sequence_length": TINY.sampling.max_sequence_length,
+        **unguided,
+    }
+    latents, audio_latents = pipe(  # type: ignore[operator]
+        height=gen_h // 2,
+        width=gen_w // 2,
+        sigmas=list(DISTILLED_SIGMAS),
+        output_type="latent",
+        return_dict=False,
+        **common,
+    )
+    upscaled = upsample_pipe(  # type: ignore[operator]
+        latents=latents, latents_normalized=False, output_type="latent", return_dict=False
+    )[0]
     result = pipe(  # type: ignore[operator]
-        prompt=prompt,
         height=gen_h,
         width=gen_w,
-        num_frames=generated,
-        frame_rate=float(fps),
-        sigmas=list(sampling.sigmas or ()),
-        num_inference_steps=sampling.steps,
-        guidance_scale=1.0,
-        stg_scale=0.0,
-        modality_scale=1.0,
-        guidance_rescale=0.0,
-        audio_guidance_rescale=0.0,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        latents=upscaled,
+        audio_latents=audio_latents,
+        sigmas=list(STAGE_2_SIGMAS),
+        noise_scale=STAGE_2_SIGMAS[0],
         output_type="np",
-        max_sequence_length=sampling.max_sequence_length,
+        **common,
     )
     video = result.frames[0][:frames]  # (F, H, W, 3) floats in [0, 1]
     top, left = (gen_h - height) // 2, (gen_w - width) // 2
@@ -125,6 +151,7 @@ def main() -> None:
             started = time.perf_counter()
             bare_run(
                 engine.pipe,
+                engine.upsample_pipe,
                 Path(tmp) / "bare.mp4",
                 prompt=raw["prompt"],
                 width=width,
@@ -143,7 +170,8 @@ def main() -> None:
         timings = task.output_meta.timings if task.output_meta else {}
         kinema_median, bare_median = statistics.median(kinema_times), statistics.median(bare_times)
         print(
-            f"\n{args.resolution} {args.duration:g}s audio={audio} steps={TINY.sampling.steps} "
+            f"\n{args.resolution} {args.duration:g}s audio={audio} "
+            f"steps={len(DISTILLED_SIGMAS)}+{len(STAGE_2_SIGMAS)} "
             f"threads={torch.get_num_threads()}"
         )
         print("kinema stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))

@@ -5,28 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
-from kinema.engines.cache import WarmModels
 from tests.conftest import LiveServer
-from tests.reliability.servers import running_server
 
 TINY_RUN = "/v1/apps/kinema/tiny/run"
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
-) -> Iterator[LiveServer]:
-    with running_server(
-        tmp_path_factory.mktemp("compact"), tiny_model_dir, warm, workers=0, remote_workers=0
-    ) as live:
-        yield live
 
 
 def noise_png(size: int) -> bytes:

@@ -19,16 +19,6 @@ TINY_RUN = "/v1/apps/kinema/tiny/run"
 
 
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
-) -> Iterator[LiveServer]:
-    with running_server(
-        tmp_path_factory.mktemp("no5xx"), tiny_model_dir, warm, workers=0, remote_workers=0
-    ) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
 def api(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,20 +10,9 @@ import pytest
 from PIL import Image
 
 from kinema.api.ranges import byte_ranges
-from kinema.engines.cache import WarmModels
 from kinema.errors import RangeNotSatisfiable
 from tests.conftest import LiveServer
-from tests.reliability.servers import error_of, running_server
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, warm: WarmModels
-) -> Iterator[LiveServer]:
-    with running_server(
-        tmp_path_factory.mktemp("ranges"), tiny_model_dir, warm, workers=0, remote_workers=0
-    ) as live:
-        yield live
+from tests.reliability.servers import error_of
 
 
 @pytest.fixture(scope="module")

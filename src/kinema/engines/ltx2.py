@@ -134,35 +134,36 @@ def prepare_loaded(
 
 def plan_stages(recipe: Recipe, layout: Layout, sizes: StageSizes) -> list[Stage]:
     """The denoising passes of the recipe for a variant at these sizes."""
-    refine_w, refine_h = sizes.refine
+    first_w, first_h = sizes.stage1 or sizes.refine
     if layout.variant == "distilled":
-        first = Stage("stage1", 0, 0, recipe.stage1_sigmas, len(recipe.stage1_sigmas), UNGUIDED, True, False)
         # LTX-2 without its distilled checkpoint: the dev model with the distilled LoRA in both stages.
-        lora = layout.stage2_lora is not None
-        first = _replace(first, lora=lora)
+        first = Stage(
+            "stage1",
+            first_w,
+            first_h,
+            recipe.stage1_sigmas,
+            len(recipe.stage1_sigmas),
+            UNGUIDED,
+            distilled_scheduler=True,
+            lora=layout.stage2_lora is not None,
+        )
     else:
-        first = Stage("stage1", 0, 0, None, recipe.full_steps, recipe.full_guidance, False, False)
+        first = Stage(
+            "stage1", first_w, first_h, None, recipe.full_steps, recipe.full_guidance, False, lora=False
+        )
     if sizes.stage1 is None:
-        return [_replace(first, name="stage1", width=refine_w, height=refine_h)]
-    stage1_w, stage1_h = sizes.stage1
+        return [first]
     second = Stage(
         "stage2",
-        refine_w,
-        refine_h,
+        *sizes.refine,
         recipe.stage2_sigmas,
         len(recipe.stage2_sigmas),
         UNGUIDED,  # [D] "guidance_scale=1.0, since stage 2 is running a distilled model either way"
-        True,
-        layout.stage2_lora is not None,
+        distilled_scheduler=True,
+        lora=layout.stage2_lora is not None,
         noise_scale=recipe.stage2_sigmas[0],  # [D]/[L] renoise with the first stage-2 sigma
     )
-    return [_replace(first, width=stage1_w, height=stage1_h), second]
-
-
-def _replace(stage: Stage, **changes: Any) -> Stage:
-    from dataclasses import replace
-
-    return replace(stage, **changes)
+    return [first, second]
 
 
 class LTX2Engine:
