@@ -27,11 +27,11 @@ from pydantic import SecretStr
 
 from kinema.api.app import create_app
 from kinema.apps.registry import TINY
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.cache import WarmModels
 from kinema.engines.tiny import save_tiny_model
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, run_task
 
 KEY = "kin_bench"

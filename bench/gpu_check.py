@@ -805,7 +805,7 @@ def two_stage_cases(smoke: bool) -> list[tuple[str, str, float, bool]]:
 
 def section_two_stage_apps(check: Check, out: Results) -> None:
     """lightricks/ltx-2-fast's engine end to end at real size (random weights): each case warm, per stage."""
-    from kinema.apps.sizing import output_size, plan_frames
+    from kinema.domain.sizing import output_size, plan_frames
     from kinema.engines.base import CancelToken, GenerationRequest
     from kinema.engines.device import Placement
     from kinema.engines.ltx2 import LTX2Engine, prepare_loaded

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from kinema.apps.registry import TINY
-from kinema.apps.sizing import generation_size, output_size, plan_frames
+from kinema.domain.sizing import generation_size, output_size, plan_frames
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.cache import WarmModels
 from kinema.engines.ltx_recipes import DISTILLED_SIGMAS, STAGE_2_SIGMAS
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, load_engine, run_task
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from kinema import AsyncClient, Client
 from kinema.client import ApiError, ConnectionFailed, Event, Task, TaskPage, WaitTimeout
+from kinema.domain.tasks import TaskStatus
 from kinema.errors import InvalidInput
-from kinema.tasks.models import TaskStatus
 from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4, png_data_uri
 
 SMALL = {"prompt": "A red kite over a beach", "aspect_ratio": "1:1", "duration": 0.5}

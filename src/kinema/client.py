@@ -31,9 +31,9 @@ from kinema.api.models import KeyCreated as NewApiKey
 from kinema.api.models import KeyOut as ApiKeyInfo
 from kinema.api.models import MeOut as Account
 from kinema.api.models import WeightsOut as AppWeights
-from kinema.apps.schema import OutputMeta, VideoOutput
+from kinema.domain.outputs import OutputMeta, VideoOutput
+from kinema.domain.tasks import TaskError, TaskProgress, TaskStatus
 from kinema.errors import Conflict, InvalidInput, KinemaError
-from kinema.tasks.models import TaskError, TaskProgress, TaskStatus
 
 __all__ = [
     "ApiError",

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from kinema.apps.sizing import describe_size, generation_size, nearest_aspect_ratio, output_size, plan_frames
+from kinema.domain.sizing import (
+    describe_size,
+    generation_size,
+    nearest_aspect_ratio,
+    output_size,
+    plan_frames,
+)
 
 
 @pytest.mark.parametrize(

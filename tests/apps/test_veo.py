@@ -9,8 +9,8 @@ from pydantic import SecretStr
 
 from kinema.apps.registry import VEO_3_1, VEO_3_1_FAST, get_app
 from kinema.apps.schema import parse_input
-from kinema.apps.sizing import nearest_aspect_ratio
 from kinema.apps.veo import VEO_ASPECT_RATIOS
+from kinema.domain.sizing import nearest_aspect_ratio
 from kinema.errors import AppUnavailable, InvalidInput
 from kinema.settings import Settings
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.cache import WarmModels
 from kinema.settings import Settings
-from kinema.tasks.models import TaskStatus
 from tests.conftest import LiveServer, assert_mp4, server_settings
 
 SMALL = {"prompt": "a small square clip", "aspect_ratio": "1:1", "duration": 0.5}

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from kinema.apps.registry import LTX2_FAST, LTX2_FULL, App
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.cache import WarmModels
 from kinema.engines.ltx_recipes import DISTILLED_SIGMAS, RECIPES, STAGE_2_SIGMAS
 from kinema.engines.tiny import save_tiny_repo
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, run_task
 from tests.conftest import assert_mp4, png_data_uri
 

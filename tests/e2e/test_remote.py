@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kinema.client import Client, Task
-from kinema.tasks.models import TaskStatus
+from kinema.domain.tasks import TaskStatus
 from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4
 
 KINEMA = str(Path(sys.executable).parent / "kinema")

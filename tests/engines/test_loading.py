@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kinema.apps.registry import LTX2_FAST, LTX2_FULL, TINY
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.cache import WarmModels
 from kinema.engines.device import (
     check_fits,
@@ -20,7 +21,6 @@ from kinema.engines.loading import resolve_weights
 from kinema.errors import InsufficientResources, ModelNotAvailable
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, run_task
 from tests.conftest import assert_mp4
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kinema.apps.sizing import FramePlan, stage_sizes
+from kinema.domain.sizing import FramePlan, stage_sizes
 from kinema.engines.base import CancelToken, GenerationRequest, ProgressEvent
 from kinema.engines.device import Placement
 from kinema.engines.ltx2 import LTX2Engine, load_pipeline

@@ -10,12 +10,12 @@ from decimal import Decimal
 
 import pytest
 
-from kinema.apps.schema import OutputMeta
-from kinema.billing.pricing import Billing, to_micros
+from kinema.billing.pricing import to_micros
+from kinema.domain.outputs import Billing, OutputMeta
+from kinema.domain.tasks import TaskError, TaskStatus, utcnow
 from kinema.errors import Conflict, InsufficientBalance, NotFound
 from kinema.store.db import migrate, open_engine
-from kinema.store.repo import TaskStore, utcnow
-from kinema.tasks.models import TaskError, TaskStatus
+from kinema.store.repo import TaskStore
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_webhooks_are_queued_for_the_chosen_events_only(store: TaskStore) -> Non
     )  # fmt: skip
     claimed = store.claim_next("w")
     assert claimed is not None
-    from kinema.tasks.models import TaskProgress
+    from kinema.domain.tasks import TaskProgress
 
     store.set_progress(task.id, TaskProgress(stage="denoise", step=1, total=8))
     claimed.status = TaskStatus.completed

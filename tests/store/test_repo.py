@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus
 from kinema.errors import BadRequest, Conflict, NotFound
 from kinema.store.db import current_revision, migrate, open_engine
 from kinema.store.repo import TaskStore
-from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from kinema.apps.registry import TINY
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.base import ProgressEvent
 from kinema.errors import InvalidInput
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, load_engine, run_task
 from tests.conftest import assert_mp4, ffprobe, png_data_uri, streams
 

@@ -11,10 +11,10 @@ import pytest
 from pydantic import SecretStr
 
 from kinema.apps.registry import VEO_3_1, VEO_3_1_FAST
+from kinema.domain.tasks import TaskStatus
 from kinema.errors import AppUnavailable, InvalidInput
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.tasks.models import TaskStatus
 from kinema.tasks.worker import RunContext, run_task
 from tests.conftest import assert_mp4, png_data_uri
 from tests.engines.fake_google import API_KEY, FakeGoogle, VideoSpec

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from kinema.apps.sizing import plan_frames
 from kinema.billing.pricing import PriceTable, bill
+from kinema.domain.sizing import plan_frames
 from tests.conftest import ADMIN_KEY, LiveServer
 from tests.web.conftest import Tab
 

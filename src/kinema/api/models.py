@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kinema.apps.schema import OutputMeta, VideoOutput
-from kinema.tasks.models import TaskError, TaskProgress, TaskStatus
+from kinema.domain.outputs import OutputMeta, VideoOutput
+from kinema.domain.tasks import TaskError, TaskProgress, TaskStatus
 
 
 class TaskLinks(BaseModel):

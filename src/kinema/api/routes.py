@@ -48,8 +48,10 @@ from kinema.api.models import (
 from kinema.api.ranges import RangeFileResponse, byte_ranges
 from kinema.api.security import RequestLimiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
-from kinema.apps.schema import VideoInput, VideoOutput
+from kinema.apps.schema import VideoInput
 from kinema.billing.pricing import format_micros, to_micros
+from kinema.domain.outputs import VideoOutput
+from kinema.domain.tasks import Task, TaskStatus
 from kinema.errors import (
     AppNotFound,
     BadRequest,
@@ -66,7 +68,6 @@ from kinema.media.images import MIME_TYPES, ImageLimits, check_image_size, image
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
 from kinema.store.repo import AccountSummary, ApiKey, ApiKeyInfo, StoredFile, TaskStore, User
-from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner
 from kinema.tasks.service import RunOptions, TaskService
 from kinema.tasks.worker import image_limits

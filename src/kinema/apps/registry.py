@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kinema.apps.schema import VideoInput, input_model_for
-from kinema.apps.sizing import ALL_ASPECT_RATIOS, AspectRatio
 from kinema.apps.veo import (
     VEO_ASPECT_RATIOS,
     VEO_FPS,
@@ -17,6 +16,7 @@ from kinema.apps.veo import (
     missing_key_reason,
 )
 from kinema.billing.pricing import PriceTable, format_money
+from kinema.domain.sizing import ALL_ASPECT_RATIOS, AspectRatio
 from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source, weights_status
 from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import AppNotFound, AppUnavailable

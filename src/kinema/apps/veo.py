@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from kinema.apps.schema import VideoInput
-from kinema.apps.sizing import AspectRatio
+from kinema.domain.sizing import AspectRatio
 from kinema.errors import InvalidInput
 from kinema.settings import Settings
 

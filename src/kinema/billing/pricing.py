@@ -6,6 +6,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kinema.domain.outputs import Billing
+
 MICRO = Decimal("0.000001")
 MILLI = Decimal("0.001")
 
@@ -34,17 +36,6 @@ class PriceTable(BaseModel):
         if resolution == "4K":
             return self.video_4k_audio if has_audio else self.video_4k
         return self.video_audio if has_audio else self.video
-
-
-class Billing(BaseModel):
-    """What a completed task costs; amounts serialized as exact decimal strings."""
-
-    model_config = ConfigDict(frozen=True)
-
-    billable_seconds: str
-    rate_per_second: str
-    cost: str
-    currency: str
 
 
 def billable_seconds(frames: int, fps: int) -> Decimal:

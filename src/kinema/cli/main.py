@@ -13,7 +13,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kinema.apps.registry import App, get_app, list_apps
-from kinema.apps.schema import OutputMeta
 from kinema.cli.accounts import admin_cli, keys_cli
 from kinema.cli.common import (
     USAGE,
@@ -28,10 +27,11 @@ from kinema.cli.common import (
     remote_client,
     remote_errors,
 )
+from kinema.domain.outputs import OutputMeta
+from kinema.domain.tasks import TaskStatus
 from kinema.engines.base import ProgressEvent
 from kinema.errors import AppUnavailable, InvalidInput, KinemaError
 from kinema.settings import Settings
-from kinema.tasks.models import TaskStatus
 
 try:  # Typer >= 0.20 carries its own copy of click; older ones use click itself
     from typer._click.exceptions import ClickException, UsageError
@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover
 if TYPE_CHECKING:
     from kinema.client import Client, Event
     from kinema.client import Task as RemoteTask
-    from kinema.tasks.models import Task as LocalTask
+    from kinema.domain.tasks import Task as LocalTask
 
 app = typer.Typer(
     help="kinema: text/image to video with synchronized audio, on your own machine.",

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from kinema.apps.sizing import FramePlan
+from kinema.domain.sizing import FramePlan
 from kinema.errors import Cancelled
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kinema.apps.sizing import StageSizes, stage_sizes
+from kinema.domain.sizing import StageSizes, stage_sizes
 from kinema.engines.base import CancelToken, GeneratedClip, GenerationRequest, ProgressCallback, ProgressEvent
 from kinema.engines.device import Placement
 from kinema.engines.ltx_recipes import RECIPES, UNGUIDED, Guidance, Layout, Recipe

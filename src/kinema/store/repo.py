@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kinema.apps.schema import OutputMeta
 from kinema.billing.pricing import to_micros
+from kinema.domain.outputs import OutputMeta
+from kinema.domain.tasks import FINISHED, Task, TaskError, TaskProgress, TaskStatus, new_id, utcnow
 from kinema.errors import BadRequest, Conflict, NotFound
 from kinema.store import ledger, webhooks
 from kinema.store.db import aware, rowcount
@@ -35,12 +35,6 @@ from kinema.store.schema import (
     WebhookAttemptRow,
     WebhookDeliveryRow,
 )
-from kinema.tasks.models import FINISHED, Task, TaskError, TaskProgress, TaskStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 Owned = TypeVar("Owned", TaskRow, FileRow, ApiKeyRow)
 
@@ -50,10 +44,6 @@ def _owned(row: Owned | None, owner: str | None, what: str, ref: str) -> Owned:
     if row is None or (owner is not None and row.owner_id != owner):
         raise NotFound(f"no {what} {ref!r}")
     return row
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
 
 
 @dataclass(frozen=True)

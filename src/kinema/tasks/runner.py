@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kinema.apps.registry import get_app, list_apps
+from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus, utcnow
 from kinema.engines.base import CancelToken, ProgressEvent
 from kinema.engines.cache import WarmModels
 from kinema.errors import KinemaError, NotFound
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
 from kinema.store.repo import TaskStore
-from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
 from kinema.tasks.worker import RunContext, prepare_input, run_task
 
 log = logging.getLogger(__name__)

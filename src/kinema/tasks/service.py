@@ -11,15 +11,15 @@ from datetime import datetime, timedelta
 
 from kinema.apps.registry import App
 from kinema.apps.schema import VideoInput
-from kinema.apps.sizing import plan_frames
 from kinema.billing.pricing import bill, to_micros
+from kinema.domain.sizing import plan_frames
+from kinema.domain.tasks import Task, TaskStatus, new_id, utcnow
 from kinema.errors import BadRequest, ImageTooLarge, InvalidImage, InvalidInput, KinemaError, NotFound
 from kinema.media.images import EXTENSIONS, MIME_TYPES, check_image_url, read_data_uri
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import StoredFile, Submission, TaskPage, TaskStore, new_id, utcnow
+from kinema.store.repo import StoredFile, Submission, TaskPage, TaskStore
 from kinema.store.webhooks import WEBHOOK_EVENTS
-from kinema.tasks.models import Task, TaskStatus
 from kinema.tasks.runner import Runner, upload_key
 from kinema.tasks.webhooks import check_webhook_url
 from kinema.tasks.worker import image_limits

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from kinema.domain.tasks import Task
 from kinema.errors import InvalidInput
 from kinema.media.urls import (
     IPAddress,
@@ -29,7 +30,6 @@ from kinema.media.urls import (
 )
 from kinema.settings import Settings
 from kinema.store.repo import TaskStore, WebhookDelivery
-from kinema.tasks.models import Task
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image
 
 from kinema.apps.registry import App
-from kinema.apps.schema import ModelRun, OutputMeta, VideoInput, VideoOutput, parse_input
-from kinema.apps.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
+from kinema.apps.schema import VideoInput, parse_input
 from kinema.billing.pricing import bill
+from kinema.domain.outputs import ModelRun, OutputMeta, VideoOutput
+from kinema.domain.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
+from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus, utcnow
 from kinema.engines.base import (
     CancelToken,
     GenerationRequest,
@@ -38,7 +40,6 @@ from kinema.media.probe import probe_video
 from kinema.settings import Settings
 from kinema.storage.base import Storage
 from kinema.storage.local import is_storage_fault, storage_fault
-from kinema.tasks.models import Task, TaskError, TaskProgress, TaskStatus, utcnow
 
 if TYPE_CHECKING:
     from kinema.engines.ltx2 import LTX2Engine

@@ -8,7 +8,7 @@ const MAIN_FIELDS = ["prompt", "image", "resolution", "aspect_ratio", "duration"
 const IMAGE_TYPES = "image/png,image/jpeg,image/webp,image/gif,image/bmp";
 const SIZES = { "720p": [1280, 720], "1080p": [1920, 1080], "4K": [3840, 2160] };
 
-/** The contract's exact output size (kinema/apps/sizing.py output_size). */
+/** The contract's exact output size (kinema/domain/sizing.py output_size). */
 export function outputSize(resolution, aspectRatio) {
   const [long, short] = SIZES[resolution] || [0, 0];
   if (aspectRatio === "9:16") return [short, long];

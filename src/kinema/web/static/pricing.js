@@ -1,5 +1,5 @@
 // The price of a run before it runs, computed exactly as the server bills it
-// (kinema/apps/sizing.py plan_frames, kinema/billing/pricing.py bill): integers and BigInt, never float money.
+// (kinema/domain/sizing.py plan_frames, kinema/billing/pricing.py bill): integers and BigInt, never float money.
 
 const MICRO_PER_UNIT = 1_000_000n;
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kinema.apps.schema import OutputMeta, VideoOutput
+from kinema.domain.outputs import OutputMeta, VideoOutput
 
 
 class TaskStatus(StrEnum):
@@ -38,9 +38,13 @@ class TaskError(BaseModel):
     message: str
 
 
+def new_id(prefix: str) -> str:
+    """A unique id with a kind prefix: tsk_, file_, key_, usr_, msg_."""
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
 def new_task_id() -> str:
-    """A short unique task id."""
-    return "tsk_" + uuid.uuid4().hex[:20]
+    return new_id("tsk")
 
 
 def utcnow() -> datetime:

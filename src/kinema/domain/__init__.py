@@ -1,0 +1,1 @@
+"""Domain types at the bottom of the layers: tasks, outputs, sizes, stages. Imports nothing else of kinema."""
