@@ -1,10 +1,16 @@
-"""What an engine is given, what it reports while it works, and what it hands back."""
+"""The engine seam: what an engine is given, what it reports while it works, and what it hands back.
+
+An app names its engine with an EngineSpec (family, options, weights). A family (kinema.engines.registry)
+loads an Engine from that spec: a local family from weights on this machine, a remote family as a client of
+a provider. The worker uses nothing of an engine beyond the Engine protocol below.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +32,12 @@ class GenerationRequest:
     frames: FramePlan
     generate_audio: bool
     seed: int
+    # The contract terms as asked, for engines that pass them on (a provider takes these, not pixel sizes).
+    resolution: str = "720p"
+    aspect_ratio: str = "16:9"
+    duration: float = 0.0
+    # A staging path a remote engine writes the provider's file into (the worker discards it afterwards).
+    download_to: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -69,23 +81,78 @@ class CancelToken:
 
 @dataclass
 class GeneratedClip:
-    """Frames (produced lazily, uint8 RGB chunks at the exact output size) and optional audio."""
+    """What an engine made: frames (lazily, uint8 RGB chunks at the exact output size) with optional audio,
+    or, from a provider, a video file that the worker brings onto the contract (size, duration, codecs)."""
 
     width: int
     height: int
     fps: int
     frame_count: int
-    frames: Iterator[np.ndarray]
+    frames: Iterator[np.ndarray] | None
     audio: np.ndarray | None  # float32, (channels, samples), exactly frame_count / fps seconds
     sample_rate: int | None
-    seed: int
+    seed: int | None  # None: the provider takes no seed
     timings: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] | None = None  # what ran (weights, generation, variant, stages), for output_meta
+    video_file: Path | None = None  # a provider's MP4 (frames is None then)
 
 
 class Engine(Protocol):
-    """A warm model that turns requests into clips."""
+    """A warm model (or a provider's client) that turns requests into clips: everything the worker uses."""
+
+    @property
+    def frame_multiple(self) -> int:
+        """Frame counts are k * frame_multiple + 1 (1: any count)."""
+        ...
+
+    @property
+    def size_multiple(self) -> int:
+        """The multiple the model generates sizes at; the engine crops to the exact requested size."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where it runs: "cuda:0", "cpu", or "remote" for a provider."""
+        ...
+
+    @property
+    def audio_sample_rate(self) -> int | None:
+        """The sample rate of the audio it makes, None when it makes none."""
+        ...
 
     def generate(
         self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
     ) -> GeneratedClip: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an app asks of its engine: set in the app registry, read only by the family's loader."""
+
+    family: str  # a key of kinema.engines.registry.FAMILIES
+    options: Any = None  # the family's own settings for this app (LTX2Sampling, a provider model, ...)
+    weights: str | None = None  # a Hugging Face id, a local directory, or "builtin:<name>"; None: provider
+    variant: str = "default"  # which part of the weights the app uses (LTX: "distilled" or "full")
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """The files a variant loads from a model directory, and what the directory holds."""
+
+    needed: tuple[str, ...]  # paths relative to the directory
+    generation: str | None = None  # the model generation read from its configs, for display
+    notes: tuple[str, ...] = ()  # departures from the usual layout, said before a download
+    single_files: tuple[str, ...] = ()  # checkpoint files that must exist whole (no index, no folder)
+
+
+class WeightsPlanner(Protocol):
+    """A local family's knowledge of its weights: which files a variant needs; sizes to expect."""
+
+    def plan(self, model_dir: Path, files: list[str], variant: str) -> WeightsPlan:
+        """Plan from the directory's small files (model_index.json, configs) and the repo's file list;
+        raises kinema.errors.LayoutError when the directory holds no usable model for the variant."""
+        ...
+
+    def estimate_bytes(self, generation: str | None, variant: str) -> int:
+        """About how many bytes the variant downloads, before the repo's listing is known."""
+        ...
