@@ -135,6 +135,10 @@ class EngineSpec:
     variant: str = "default"  # which part of the weights the app uses (LTX: "distilled" or "full")
 
 
+class LayoutError(ValueError):
+    """A directory or repo that does not hold what a variant needs (the message says what is missing)."""
+
+
 @dataclass(frozen=True)
 class WeightsPlan:
     """The files a variant loads from a model directory, and what the directory holds."""
@@ -150,9 +154,14 @@ class WeightsPlanner(Protocol):
 
     def plan(self, model_dir: Path, files: list[str], variant: str) -> WeightsPlan:
         """Plan from the directory's small files (model_index.json, configs) and the repo's file list;
-        raises kinema.errors.LayoutError when the directory holds no usable model for the variant."""
+        raises LayoutError when the directory holds no usable model for the variant."""
         ...
 
     def estimate_bytes(self, generation: str | None, variant: str) -> int:
         """About how many bytes the variant downloads, before the repo's listing is known."""
+        ...
+
+    def identify(self, model_dir: Path) -> str | None:
+        """The generation a directory holds when it is one of this family's models (read from its
+        model_index.json and configs), else None."""
         ...

@@ -49,9 +49,14 @@ def cuda_supports_fp8() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def choose_placement(settings: Settings) -> Placement:
-    """CUDA with bfloat16 where present, CPU float32 otherwise; settings override both."""
-    if settings.device == "auto":
+def choose_placement(settings: Settings, device_name: str | None = None) -> Placement:
+    """CUDA with bfloat16 where present, CPU float32 otherwise; settings override both.
+
+    device_name is a worker's own device ("cuda:1", "cpu"); without one, settings.device decides.
+    """
+    if device_name is not None:
+        device = torch.device(device_name)
+    elif settings.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(settings.device)

@@ -1,31 +1,22 @@
 """Finding model weights: a local directory, or a Hugging Face repo in the local cache; downloading them.
 
-Which files an app needs depends on its variant and the repo's layout (kinema.engines.ltx_recipes): the fast
-app takes the distilled transformer and never the full one. So a download reads the repo's small files first
+Which files an app needs depends on its variant and the repo's layout, which the engine family's
+WeightsPlanner knows (for LTX, kinema.engines.ltx_recipes: the fast app takes the distilled transformer and
+never the full one). So a download reads the repo's small files first
 (model_index.json and the component configs), plans the layout, says how big it is, and then fetches only
 the needed files. Presence checks read the cache directory only: no network, no hashing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinema.engines.ltx_recipes import (
-    NEWEST,
-    Generation,
-    Layout,
-    LayoutError,
-    Variant,
-    approx_download_bytes,
-    detect_generation,
-    plan_layout,
-    read_configs,
-    read_json,
-)
+from kinema.engines.base import LayoutError, WeightsPlan, WeightsPlanner
 from kinema.errors import ModelNotAvailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +33,7 @@ class WeightsStatus:
     source: str
     present: bool
     path: Path | None = None
-    generation: Generation | None = None
+    generation: str | None = None
     download_bytes: int | None = None  # what is left to fetch (exact when the repo listing is cached)
     download_exact: bool = False  # download_bytes from the repo's listing, not an estimate
     reason: str | None = None  # why not present, when the weights are there but unusable
@@ -54,8 +45,8 @@ class DownloadPlan:
 
     repo: str
     revision: str
-    generation: Generation
-    variant: Variant
+    generation: str | None
+    variant: str
     files: tuple[str, ...]
     total_bytes: int
     missing_bytes: int  # the part not already in the cache
@@ -69,7 +60,8 @@ class StoredModel:
     source: str  # the repo id, or the directory
     path: Path
     revision: str | None
-    generation: Generation | None
+    family: str | None  # the engine family that can run it, when one recognises it
+    generation: str | None
     size_bytes: int
 
 
@@ -127,7 +119,27 @@ def _disk_files(model_dir: Path) -> list[str]:
     )
 
 
-def _missing_weights(model_dir: Path, layout: Layout, needed: list[str]) -> list[str]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is missing or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_configs(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each component folder's config (config.json, or scheduler_config.json for the scheduler)."""
+    configs: dict[str, dict[str, Any]] = {}
+    for sub in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+        for name in ("config.json", "scheduler_config.json"):
+            if (sub / name).is_file():
+                configs[sub.name] = read_json(sub / name)
+                break
+    return configs
+
+
+def _missing_weights(model_dir: Path, plan: WeightsPlan, needed: list[str]) -> list[str]:
     """What the layout loads that is not on disk: listed files, index shards, weight folders left empty."""
     missing = [p for p in needed if not (model_dir / p).is_file()]
     folders = {p.split("/", 1)[0] for p in needed if "/" in p} - WEIGHTLESS
@@ -140,34 +152,33 @@ def _missing_weights(model_dir: Path, layout: Layout, needed: list[str]) -> list
             missing += [f"{folder}/{s}" for s in sorted(set(shards.values())) if not (sub / s).is_file()]
         if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in sub.iterdir()):
             missing.append(f"{folder}/ (no weights)")
-    if layout.transformer_single_file and not (model_dir / layout.transformer).is_file():
-        missing.append(layout.transformer)
+    missing += [p for p in plan.single_files if not (model_dir / p).is_file()]
     return sorted(set(missing))
 
 
 def plan_files(
-    model_dir: Path, variant: Variant, listing: dict[str, int] | None = None
-) -> tuple[Layout, list[str]]:
-    """The layout a variant uses in a directory and the files it needs (from the repo listing when known)."""
+    model_dir: Path, planner: WeightsPlanner, variant: str, listing: dict[str, int] | None = None
+) -> tuple[WeightsPlan, list[str]]:
+    """What a variant loads from a directory and the files it needs (from the repo listing when known)."""
     files = sorted(listing) if listing is not None else _disk_files(model_dir)
-    layout = plan_layout(read_json(model_dir / "model_index.json"), read_configs(model_dir), files, variant)
-    return layout, layout.needed_paths(files)
+    plan = planner.plan(model_dir, files, variant)
+    return plan, list(plan.needed)
 
 
 def _status_of_dir(
-    source: str, model_dir: Path, variant: Variant, listing: dict[str, int] | None
+    source: str, model_dir: Path, planner: WeightsPlanner, variant: str, listing: dict[str, int] | None
 ) -> WeightsStatus:
     if not (model_dir / "model_index.json").is_file():
         return WeightsStatus(
             source, False, reason=f"{model_dir} holds no diffusers model (no model_index.json)"
         )
     try:
-        layout, needed = plan_files(model_dir, variant, listing)
+        plan, needed = plan_files(model_dir, planner, variant, listing)
     except LayoutError as exc:
         return WeightsStatus(source, False, model_dir, reason=str(exc))
-    missing = _missing_weights(model_dir, layout, needed)
+    missing = _missing_weights(model_dir, plan, needed)
     if not missing:
-        return WeightsStatus(source, True, model_dir, layout.generation)
+        return WeightsStatus(source, True, model_dir, plan.generation)
     download = None
     if listing is not None:
         download = sum(listing[p] for p in needed if p in listing and not (model_dir / p).is_file())
@@ -175,32 +186,26 @@ def _status_of_dir(
         source,
         False,
         model_dir,
-        layout.generation,
-        download_bytes=download
-        if download is not None
-        else approx_download_bytes(layout.generation, variant),
+        plan.generation,
+        download_bytes=download if download is not None else planner.estimate_bytes(plan.generation, variant),
         download_exact=download is not None,
         reason=f"missing: {', '.join(missing[:3])}"
         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""),
     )
 
 
-def weights_status(app_id: str, source: str, variant: Variant, cache_dir: Path | None) -> WeightsStatus:
+def weights_status(source: str, planner: WeightsPlanner, variant: str, cache_dir: Path | None) -> WeightsStatus:
     """Whether `source` (a local directory or a cached hub id) holds what the variant needs; offline."""
     if source.startswith("builtin:"):
         return WeightsStatus(source, True)
     if is_local_source(source):
-        return _status_of_dir(source, Path(source).expanduser(), variant, None)
+        return _status_of_dir(source, Path(source).expanduser(), planner, variant, None)
     cached = _cached_snapshot(source, cache_dir)
-    if cached is None:
-        return WeightsStatus(source, False, download_bytes=approx_download_bytes(NEWEST, variant))
+    if cached is None or not (cached[0] / "model_index.json").is_file():  # none yet, or interrupted: estimate
+        path = cached[0] if cached is not None else None
+        return WeightsStatus(source, False, path, download_bytes=planner.estimate_bytes(None, variant))
     snapshot, commit = cached
-    if not (snapshot / "model_index.json").is_file():  # an interrupted first download: estimate
-        generation = detect_generation(read_configs(snapshot)) if any(snapshot.iterdir()) else NEWEST
-        return WeightsStatus(
-            source, False, snapshot, download_bytes=approx_download_bytes(generation, variant)
-        )
-    return _status_of_dir(source, snapshot, variant, _cached_listing(source, cache_dir, commit))
+    return _status_of_dir(source, snapshot, planner, variant, _cached_listing(source, cache_dir, commit))
 
 
 def pull_hint(app_id: str) -> str:
@@ -214,8 +219,9 @@ def pull_hint(app_id: str) -> str:
 def resolve_weights(
     app_id: str,
     source: str,
+    planner: WeightsPlanner,
     *,
-    variant: Variant = "distilled",
+    variant: str,
     allow_download: bool,
     cache_dir: Path | None = None,
     on_plan: Callable[[DownloadPlan], None] | None = None,
@@ -229,7 +235,7 @@ def resolve_weights(
                 public_message=f"the weights for {app_id} are not installed on this server",
             )
         return path
-    status = weights_status(app_id, source, variant, cache_dir)
+    status = weights_status(source, planner, variant, cache_dir)
     if status.present and status.path is not None:
         return status.path
     if not allow_download:
@@ -238,7 +244,7 @@ def resolve_weights(
             f"the weights for {app_id} ({source}{size}) are not on this machine; {pull_hint(app_id)}",
             details={"model": source},
         )
-    return download_weights(source, variant=variant, cache_dir=cache_dir, on_plan=on_plan)
+    return download_weights(source, planner, variant=variant, cache_dir=cache_dir, on_plan=on_plan)
 
 
 def gated_message(repo: str) -> str:
@@ -251,8 +257,8 @@ def gated_message(repo: str) -> str:
 
 
 def _config_paths(model_index: dict[str, Any], files: dict[str, int]) -> list[str]:
-    """The configs plan_layout reads: each pipeline component's, never a folder the pipeline does not name
-    (transformer_full/ is read only when there is no transformer/)."""
+    """The configs a planner reads: each pipeline component's, never a folder the pipeline does not name
+    (LTX's transformer_full/ is read only when there is no transformer/)."""
     folders = [k for k, v in model_index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
     if "transformer" not in folders:
         folders.append("transformer_full")
@@ -261,7 +267,11 @@ def _config_paths(model_index: dict[str, Any], files: dict[str, int]) -> list[st
 
 
 def plan_download(
-    repo: str, variant: Variant, cache_dir: Path | None = None, revision: str | None = None
+    repo: str,
+    planner: WeightsPlanner,
+    variant: str,
+    cache_dir: Path | None = None,
+    revision: str | None = None,
 ) -> DownloadPlan:
     """Read a hub repo's file list and small files, and plan what the variant needs (network, small files)."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -277,16 +287,17 @@ def plan_download(
     snapshot = index.parent
     for path in _config_paths(read_json(index), files):
         hf_hub_download(repo, path, revision=commit, cache_dir=cache)
-    layout, needed = plan_files(snapshot, variant, files)
+    plan, needed = plan_files(snapshot, planner, variant, files)
     total = sum(files[p] for p in needed)
     missing = sum(files[p] for p in needed if not (snapshot / p).is_file())
-    return DownloadPlan(repo, commit, layout.generation, variant, tuple(needed), total, missing, layout.notes)
+    return DownloadPlan(repo, commit, plan.generation, variant, tuple(needed), total, missing, plan.notes)
 
 
 def download_weights(
     source: str,
+    planner: WeightsPlanner,
     *,
-    variant: Variant = "distilled",
+    variant: str,
     cache_dir: Path | None = None,
     on_plan: Callable[[DownloadPlan], None] | None = None,
 ) -> Path:
@@ -299,7 +310,7 @@ def download_weights(
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
-        plan = plan_download(source, variant, cache_dir)
+        plan = plan_download(source, planner, variant, cache_dir)
         log.info(
             "downloading %s (%s, %d files, %s to fetch)",
             source,
@@ -343,8 +354,15 @@ def download_weights(
         ) from exc
 
 
-def stored_models(cache_dir: Path | None, local_dirs: list[Path]) -> list[StoredModel]:
-    """The diffusers models on disk: hub snapshots in the cache (scan_cache_dir) and local directories."""
+def stored_models(
+    cache_dir: Path | None,
+    local_dirs: list[Path],
+    identify: Callable[[Path], tuple[str, str | None] | None],
+) -> list[StoredModel]:
+    """The diffusers models on disk: hub snapshots in the cache (scan_cache_dir) and local directories.
+
+    identify names the family (and generation) a model directory holds, or None when no family knows it.
+    """
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
@@ -360,10 +378,13 @@ def stored_models(cache_dir: Path | None, local_dirs: list[Path]) -> list[Stored
             snapshot = Path(rev.snapshot_path)
             if not (snapshot / "model_index.json").is_file():
                 continue
-            generation = detect_generation(read_configs(snapshot))
-            found.append(StoredModel(repo.repo_id, snapshot, rev.commit_hash, generation, rev.size_on_disk))
+            family, generation = identify(snapshot) or (None, None)
+            found.append(
+                StoredModel(repo.repo_id, snapshot, rev.commit_hash, family, generation, rev.size_on_disk)
+            )
     for path in local_dirs:
         if (path / "model_index.json").is_file():
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            found.append(StoredModel(str(path), path, None, detect_generation(read_configs(path)), size))
+            family, generation = identify(path) or (None, None)
+            found.append(StoredModel(str(path), path, None, family, generation, size))
     return found

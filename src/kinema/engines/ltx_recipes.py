@@ -18,10 +18,12 @@ Sources, cited per value below:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from kinema.engines.base import LayoutError, WeightsPlan
+from kinema.engines.loading import read_configs, read_json
 
 Generation = Literal["2.0", "2.3", "2.5"]
 Variant = Literal["distilled", "full"]
@@ -152,19 +154,6 @@ RECIPES: dict[Generation, Recipe] = {
 NEWEST: Generation = "2.5"
 
 
-class LayoutError(ValueError):
-    """A directory or repo that does not hold what a variant needs (message says what is missing)."""
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file, or {} when it is missing or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def detect_generation(configs: dict[str, dict[str, Any]]) -> Generation:
     """Which LTX generation a repo holds, from its component configs (never its name).
 
@@ -181,17 +170,6 @@ def detect_generation(configs: dict[str, dict[str, Any]]) -> Generation:
     if transformer.get("gated_attn") or vocoder.get("_class_name") == "LTX2VocoderWithBWE":
         return "2.3"
     return "2.0"
-
-
-def read_configs(model_dir: Path) -> dict[str, dict[str, Any]]:
-    """Each component folder's config (config.json, or scheduler_config.json for the scheduler)."""
-    configs: dict[str, dict[str, Any]] = {}
-    for sub in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        for name in ("config.json", "scheduler_config.json"):
-            if (sub / name).is_file():
-                configs[sub.name] = read_json(sub / name)
-                break
-    return configs
 
 
 @dataclass(frozen=True)
@@ -332,3 +310,36 @@ def estimated_component_bytes(
 def approx_download_bytes(generation: Generation, variant: Variant) -> int:
     """A generation's download in bf16 for a variant, before any file listing is at hand."""
     return sum(estimated_component_bytes(generation, variant).values())
+
+
+class LTX2Weights:
+    """The LTX family's WeightsPlanner: the layout a variant uses, and the generation's sizes."""
+
+    def plan(self, model_dir: Path, files: list[str], variant: str) -> WeightsPlan:
+        layout = plan_layout(
+            read_json(model_dir / "model_index.json"), read_configs(model_dir), files, as_variant(variant)
+        )
+        return WeightsPlan(
+            needed=tuple(layout.needed_paths(files)),
+            generation=layout.generation,
+            notes=layout.notes,
+            single_files=(layout.transformer,) if layout.transformer_single_file else (),
+        )
+
+    def estimate_bytes(self, generation: str | None, variant: str) -> int:
+        known = generation if generation in RECIPES else NEWEST
+        return approx_download_bytes(cast(Generation, known), as_variant(variant))
+
+    def identify(self, model_dir: Path) -> str | None:
+        pipeline = str(read_json(model_dir / "model_index.json").get("_class_name", ""))
+        return detect_generation(read_configs(model_dir)) if pipeline.startswith("LTX2") else None
+
+
+def as_variant(name: str) -> Variant:
+    """An app's variant name as an LTX variant; LayoutError for one LTX does not have."""
+    if name not in ("distilled", "full"):
+        raise LayoutError(f"LTX weights have no {name!r} variant (distilled or full)")
+    return cast(Variant, name)
+
+
+LTX2_WEIGHTS = LTX2Weights()
