@@ -666,7 +666,8 @@ Configured by KINEMA_* environment variables (or a .env file); the options below
   KINEMA_ADMIN_KEY      the admin API key (default: generated on first start and printed once)
   KINEMA_SECRET_KEY     secret for signed URLs and key hashes (default: generated into the data dir)
   KINEMA_PUBLIC_URL     base URL clients use, for signed links (default: the request's host)
-  KINEMA_WORKERS        worker threads for local models (default 1, one per GPU)
+  KINEMA_WORKERS        local-model workers (default 1); worker i owns GPU i and its own warm models
+  KINEMA_GPUS           the GPUs for local workers, one each, e.g. 0,1 (overrides KINEMA_WORKERS)
   KINEMA_REMOTE_WORKERS worker threads for provider apps such as Veo (default 4; both 0 = API only)
   KINEMA_GOOGLE_API_KEY your Google key for the Veo apps (or GOOGLE_API_KEY / GEMINI_API_KEY)
   KINEMA_RUN_WAIT_S     how long POST .../run waits before answering 202 (default 60)
@@ -680,7 +681,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (KINEMA_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (KINEMA_PORT, default 8000).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (KINEMA_DATA_DIR).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker threads (KINEMA_WORKERS).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local-model workers, worker i on GPU i (KINEMA_WORKERS).")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPUs to run local workers on, one each, e.g. 0,1 (KINEMA_GPUS).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     import uvicorn
@@ -689,7 +695,13 @@ def serve(
 
     overrides: dict[str, Any] = {
         k: v
-        for k, v in {"host": host, "port": port, "data_dir": data_dir, "workers": workers}.items()
+        for k, v in {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "workers": workers,
+            "gpus": gpus,
+        }.items()
         if v is not None
     }
     settings = Settings(**overrides)

@@ -9,6 +9,7 @@ generation detected in the weights' configs (kinema.engines.ltx_recipes), never 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -244,6 +245,10 @@ class LTX2Engine:
         self.weights = weights
         self.text_encoder_placement = text_encoder
         self._embeddings: OrderedDict[tuple[str, str, bool], tuple[torch.Tensor, ...]] = OrderedDict()
+        self._embeddings_lock = threading.Lock()
+        # One request at a time per engine: a run swaps the pipeline's scheduler and LoRA state. Each local
+        # worker owns its engine, so this only orders callers that share one (the CLI, tests).
+        self._generate_lock = threading.Lock()
         self._decode_cancel: CancelToken | None = None
         self.pipe.vae.decoder.register_forward_pre_hook(self._check_decode_cancel)
         self.calls: list[dict[str, Any]] = []  # the last request's pipeline calls, for output_meta and tests
@@ -272,6 +277,12 @@ class LTX2Engine:
         self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
     ) -> GeneratedClip:
         """Encode the prompt, run the recipe's stages on video and audio latents, then decode them."""
+        with self._generate_lock:
+            return self._generate(request, progress, cancel)
+
+    def _generate(
+        self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
+    ) -> GeneratedClip:
         timings: dict[str, float] = {}
         sizes = stage_sizes(
             request.width,
@@ -396,9 +407,10 @@ class LTX2Engine:
     def encode_prompt(self, prompt: str, negative_prompt: str, uses_cfg: bool) -> tuple[torch.Tensor, ...]:
         """Text embeddings, cached per prompt: re-running a prompt skips the (large) text encoder."""
         key = (prompt, negative_prompt if uses_cfg else "", uses_cfg)
-        if key in self._embeddings:
-            self._embeddings.move_to_end(key)
-            return self._embeddings[key]
+        with self._embeddings_lock:
+            if key in self._embeddings:
+                self._embeddings.move_to_end(key)
+                return self._embeddings[key]
         device = torch.device("cpu") if self.text_encoder_placement == "cpu" else self.pipe._execution_device
         embeds, mask, neg_embeds, neg_mask = self.pipe.encode_prompt(
             prompt=prompt,
@@ -409,9 +421,10 @@ class LTX2Engine:
         )
         target = self.placement.device
         result = tuple(t.to(target) if t is not None else None for t in (embeds, mask, neg_embeds, neg_mask))
-        self._embeddings[key] = result  # type: ignore[assignment]
-        while len(self._embeddings) > 16:
-            self._embeddings.popitem(last=False)
+        with self._embeddings_lock:
+            self._embeddings[key] = result  # type: ignore[assignment]
+            while len(self._embeddings) > 16:
+                self._embeddings.popitem(last=False)
         return result  # type: ignore[return-value]
 
     def _set_stage(self, stage: Stage) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,6 +66,13 @@ FAMILIES: dict[str, EngineFamily] = {
         ),
     )
 }
+
+
+# One model load at a time per process. from_pretrained builds modules on the meta device under a context
+# that patches torch globally (accelerate's init_empty_weights), so two workers loading at once corrupt
+# each other's models ("Cannot copy out of meta tensor"; found by the two-worker test). Loading is
+# disk-bound anyway.
+_LOADING = threading.Lock()
 
 
 def engine_family(name: str) -> EngineFamily:
@@ -134,7 +142,8 @@ def load_engine(
     def loader() -> Engine:
         load = cast(Loader, _import(family.loader))
         try:
-            return load(app_id, spec, model_dir, settings, device)
+            with _LOADING:
+                return load(app_id, spec, model_dir, settings, device)
         except LayoutError as exc:
             raise ModelNotAvailable(f"{app_id}: {exc}", details={"weights": str(model_dir)}) from exc
         except (OSError, ValueError, RuntimeError) as exc:  # damaged or partial files (safetensors, configs)
