@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kinema.apps.registry import get_app, list_apps
+from kinema.domain.stages import stage_label
 from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus, utcnow
 from kinema.engines.base import CancelToken, ProgressEvent
 from kinema.engines.cache import WarmModels
@@ -28,20 +29,6 @@ from kinema.store.repo import TaskStore
 from kinema.tasks.worker import RunContext, prepare_input, run_task
 
 log = logging.getLogger(__name__)
-
-STAGE_MESSAGES = {
-    "load": "loading the model",
-    "encode_text": "encoding the prompt",
-    "denoise": "denoising",
-    "upsample": "upsampling latents x2",
-    "decode_video": "decoding video",
-    "decode_audio": "decoding audio",
-    "encode": "encoding the MP4",
-    "store": "storing the output",
-    "submit": "sending the request to the provider",
-    "generate": "waiting for the provider to generate",
-    "download": "downloading the provider's video",
-}
 
 
 DEADLINE_CHECK_S = 1.0
@@ -264,7 +251,7 @@ class Runner:
         def progress(event: ProgressEvent) -> None:
             if not last_stage or last_stage[-1] != event.stage:
                 last_stage.append(event.stage)
-                self.store.log(task.id, STAGE_MESSAGES.get(event.stage, event.stage))
+                self.store.log(task.id, stage_label(event.stage))
             self.store.set_progress(
                 task.id, TaskProgress(stage=event.stage, step=event.step, total=event.total)
             )
