@@ -126,11 +126,6 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
-class Money(BaseModel):
-    amount: str = Field(description="Exact decimal amount.")
-    currency: str
-
-
 class UsageOut(BaseModel):
     app: str
     day: str = Field(description="UTC date, YYYY-MM-DD.")
