@@ -17,7 +17,7 @@ from kinema.api.routes import ServerState, router, task_out
 from kinema.api.security import RequestLimiter, Signer, ensure_admin_key, load_secret
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage import open_storage
 from kinema.store.db import migrate, open_engine
 from kinema.store.repo import TaskStore
 from kinema.tasks.runner import Runner, settle_heap
@@ -56,7 +56,7 @@ def create_app(
         store = TaskStore(engine)
         signer = Signer(load_secret(settings))
         ensure_admin_key(store, signer, settings, announce_key)
-        storage = LocalStorage(settings.outputs_dir)
+        storage = open_storage(settings)
         await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
         if settings.workers > 0 or settings.remote_workers > 0:

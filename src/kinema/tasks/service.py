@@ -17,10 +17,11 @@ from kinema.domain.tasks import Task, TaskStatus, new_id, utcnow
 from kinema.errors import BadRequest, ImageTooLarge, InvalidImage, InvalidInput, KinemaError, NotFound
 from kinema.media.images import EXTENSIONS, MIME_TYPES, check_image_url, read_data_uri
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage import Storage, open_storage
+from kinema.storage.keys import upload_key
 from kinema.store.repo import StoredFile, Submission, TaskPage, TaskStore
 from kinema.store.webhooks import WEBHOOK_EVENTS
-from kinema.tasks.runner import Runner, upload_key
+from kinema.tasks.runner import Runner
 from kinema.tasks.webhooks import check_webhook_url
 from kinema.tasks.worker import image_limits
 
@@ -87,10 +88,10 @@ def image_error(exc: InvalidImage) -> KinemaError:
 
 class TaskService:
     def __init__(
-        self, store: TaskStore, runner: Runner | None, settings: Settings, storage: LocalStorage | None = None
+        self, store: TaskStore, runner: Runner | None, settings: Settings, storage: Storage | None = None
     ) -> None:
         self.store, self.runner, self.settings = store, runner, settings
-        self.storage = storage or LocalStorage(settings.outputs_dir)
+        self.storage = storage or open_storage(settings)
 
     def submit(
         self, app: App, input: VideoInput, *, owner: str, options: RunOptions | None = None
