@@ -481,6 +481,7 @@ async def files_get(request: Request, file_id: str, key: Principal) -> FileOut:
     "/files/{file_id}",
     tags=["files"],
     response_class=StoredFileResponse,
+    status_code=200,  # documented here: FastAPI would look for it in the response class's signature
     responses={
         200: {"content": {"video/mp4": {}, "image/*": {}}},
         206: {"description": "Partial content"},
