@@ -11,6 +11,7 @@ import pytest
 
 from kinema.engines.cache import WarmModels
 from kinema.settings import Settings
+from kinema.storage.local import LocalStorage
 from tests.conftest import LiveServer, png_data_uri, server_settings
 
 TINY_RUN = "/v1/apps/kinema/tiny/run"
@@ -161,6 +162,34 @@ def test_bad_query_parameters_are_4xx(api: httpx.Client) -> None:
 def test_signed_url_check(live_server: LiveServer) -> None:
     response = httpx.get(f"{live_server.url}/files/file_x")
     assert error_of(response, 422)["code"] == "invalid_input"  # expires and signature are required
+
+
+class BucketLikeStorage(LocalStorage):
+    """Local files that have URLs of their own, as a bucket's presigned ones (the S3 backend's way)."""
+
+    def url_for(
+        self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
+    ) -> str:
+        return f"https://bucket.example/{key}?expires_in={expires_s}&type={content_type}"
+
+
+def test_downloads_redirect_to_a_storage_url_when_storage_has_one(
+    live_server: LiveServer, api: httpx.Client
+) -> None:
+    png = base64.b64decode(png_data_uri(4, 4).split(",", 1)[1])
+    uploaded = api.post("/v1/files", files={"file": ("a.png", png)}).json()
+    st = live_server.state
+    local, st.storage = st.storage, BucketLikeStorage(live_server.settings.outputs_dir)
+    try:
+        direct = f"https://bucket.example/uploads/{uploaded['id']}?expires_in=3600&type=image/png"
+        assert api.get(f"/v1/files/{uploaded['id']}").json()["url"] == direct
+        response = httpx.get(uploaded["url"])  # a signed URL issued before still works: it redirects
+        assert response.status_code == 307 and response.headers["location"] == direct
+        assert error_of(httpx.get(uploaded["url"] + "0"), 403)["code"] == "forbidden"  # checked first
+    finally:
+        st.storage = local
+    served = httpx.get(uploaded["url"])
+    assert served.status_code == 200 and served.content == png
 
 
 def test_app_catalogue_has_schema_pricing_and_examples(api: httpx.Client) -> None:

@@ -1,4 +1,4 @@
-"""Staging files a crash left behind are removed when the server starts; live ones are kept."""
+"""Staging files a crash left behind are removed when the server or a runner starts; live ones are kept."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 
 from kinema.engines.cache import WarmModels
+from kinema.settings import Settings
+from kinema.storage import open_storage
 from kinema.storage.local import LocalStorage
+from kinema.store import Store
+from kinema.store.db import migrate, open_engine
+from kinema.tasks.queue import StoreQueue
+from kinema.tasks.runner import Runner
 from tests.reliability.servers import running_server
 
 
@@ -64,3 +70,23 @@ def test_sweep_keeps_everything_younger_than_the_grace_from_other_hosts(tmp_path
     assert storage.sweep_staging(3600) == 1
     assert mine.exists() and not other.exists()
     assert LocalStorage(tmp_path / "never-used").sweep_staging(0) == 0
+
+
+def test_runner_start_removes_orphans_and_keeps_live_files(tmp_path: Path, warm: WarmModels) -> None:
+    """A runner sweeps on its own too: a `kinema worker` process has no server to do it."""
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", _env_file=None)  # type: ignore[call-arg]
+    settings.data_dir.mkdir(parents=True)
+    engine = open_engine(settings.database)
+    migrate(engine)
+    storage = open_storage(settings)
+    live = storage.staging_file(".mp4")
+    orphan = live.with_name(f"{host_tag()}~{dead_pid()}~y.mp4")
+    orphan.write_bytes(b"partial")
+    store = Store(engine)
+    runner = Runner(store, StoreQueue(store.tasks), settings, storage, warm, workers=0, remote_workers=0)
+    runner.start()
+    try:
+        assert sorted(p.name for p in live.parent.iterdir()) == [live.name]
+    finally:
+        runner.stop()
+        engine.dispose()

@@ -17,7 +17,7 @@ from kinema.api.routes import ServerState, router, task_out
 from kinema.api.security import RequestLimiter, Signer, ensure_admin_key, load_secret
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage import open_storage
 from kinema.store import Store
 from kinema.store.db import migrate, open_engine
 from kinema.tasks.queue import StoreQueue
@@ -58,7 +58,7 @@ def create_app(
         queue = StoreQueue(store.tasks)
         signer = Signer(load_secret(settings))
         ensure_admin_key(store.accounts, signer, settings, announce_key)
-        storage = LocalStorage(settings.outputs_dir)
+        storage = open_storage(settings)
         await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
         if settings.local_workers > 0 or settings.remote_workers > 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -45,7 +45,7 @@ from kinema.api.models import (
     WebhookSecret,
     WeightsOut,
 )
-from kinema.api.ranges import RangeFileResponse, byte_ranges
+from kinema.api.ranges import StoredFileResponse, byte_ranges
 from kinema.api.security import RequestLimiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import VideoInput
@@ -66,7 +66,7 @@ from kinema.errors import (
 )
 from kinema.media.images import MIME_TYPES, ImageLimits, check_image_size, image_format
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage.base import Storage
 from kinema.store import Store
 from kinema.store.accounts import AccountSummary, ApiKey, ApiKeyInfo, User
 from kinema.store.files import StoredFile
@@ -84,7 +84,7 @@ class ServerState:
 
     settings: Settings
     store: Store
-    storage: LocalStorage
+    storage: Storage
     signer: Signer
     service: TaskService
     runner: Runner | None
@@ -179,6 +179,16 @@ def task_out(st: ServerState, base: str, task: Task) -> TaskOut:
     )
 
 
+def storage_url(st: ServerState, stored: StoredFile) -> str | None:
+    """The storage's own URL for a file (a presigned bucket URL), or None when the API serves it."""
+    return st.storage.url_for(
+        stored.key,
+        expires_s=st.settings.signed_url_ttl_s,
+        filename=stored.filename,
+        content_type=stored.content_type,
+    )
+
+
 def render_file(request: Request, stored: StoredFile) -> FileOut:
     st = state(request)
     return FileOut(
@@ -188,7 +198,8 @@ def render_file(request: Request, stored: StoredFile) -> FileOut:
         content_type=stored.content_type,
         size_bytes=stored.size_bytes,
         created_at=stored.created_at,
-        url=st.signer.file_url(base_url(request), stored.id, st.settings.signed_url_ttl_s),
+        url=storage_url(st, stored)
+        or st.signer.file_url(base_url(request), stored.id, st.settings.signed_url_ttl_s),
     )
 
 
@@ -471,10 +482,12 @@ async def files_get(request: Request, file_id: str, key: Principal) -> FileOut:
 @router.get(
     "/files/{file_id}",
     tags=["files"],
-    response_class=RangeFileResponse,
+    response_class=StoredFileResponse,
+    status_code=200,  # documented here: FastAPI would look for it in the response class's signature
     responses={
         200: {"content": {"video/mp4": {}, "image/*": {}}},
         206: {"description": "Partial content"},
+        307: {"description": "The storage serves the file itself: fetch it from Location."},
         403: {"model": ErrorBody},
         404: {"model": ErrorBody},
         416: {"model": ErrorBody, "description": "No requested range overlaps the file."},
@@ -489,25 +502,28 @@ async def files_download(
         str | None, Header(alias="range", description="bytes=start-end (RFC 9110); other units are ignored.")
     ] = None,
     if_range: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> RangeFileResponse:
+) -> Response:
     """Download a stored file through its signed URL (no key needed). Supports Range requests."""
     st = state(request)
     st.signer.check_file_signature(file_id, expires, signature)
     stored = await run_in_threadpool(st.store.files.get, file_id)
-    path = st.storage.path_for(stored.key)
+    direct = storage_url(st, stored)
+    if direct is not None:  # a bucket serves it (ranges included); the signature was checked here
+        return RedirectResponse(direct, status_code=307)
     try:
-        stat_result = await run_in_threadpool(path.stat)
-    except OSError:
+        info = await run_in_threadpool(st.storage.stat, stored.key)
+    except NotFound:
         raise NotFound(f"file {file_id} is no longer stored") from None
-    if if_range is None:  # with If-Range, a stale validator means the whole file; Starlette decides
-        byte_ranges(range_header, stat_result.st_size)  # RangeNotSatisfiable -> a JSON 416
-    return RangeFileResponse(
-        path,
+    if if_range is None:  # with If-Range, a stale validator means the whole file
+        byte_ranges(range_header, info.size_bytes)  # RangeNotSatisfiable -> a JSON 416
+    return StoredFileResponse(
+        st.storage,
+        info,
         media_type=stored.content_type,
         filename=stored.filename,
-        content_disposition_type="inline",
+        range_header=range_header,
+        if_range=if_range,
         headers={"Cache-Control": "private, max-age=3600"},
-        stat_result=stat_result,
     )
 
 

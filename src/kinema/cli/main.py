@@ -252,7 +252,9 @@ def app_run(
         raw = parse_input_option(input_text)
         run_remote(remote_client(remote, api_key, settings), app_id, raw, output, as_json)
         return
-    from kinema.storage.local import LocalStorage, copy_atomically
+    from kinema.storage import open_storage
+    from kinema.storage.files import write_atomically
+    from kinema.storage.keys import output_key
     from kinema.tasks.worker import RunContext, prepare_input, run_task
 
     a = lookup(app_id)
@@ -266,7 +268,7 @@ def app_run(
     from kinema.engines.cache import WARM_MODELS
 
     WARM_MODELS.capacity = settings.warm_models  # sized once, from settings, for this process
-    storage = LocalStorage(settings.outputs_dir)
+    storage = open_storage(settings)
     try:
         with StageProgress(enabled=err.is_terminal) as progress:
             ctx = RunContext(settings=settings, storage=storage, progress=progress, allow_local_paths=True)
@@ -278,16 +280,26 @@ def app_run(
             out.print_json(task.model_dump_json())
         error = task.error.message if task.error else task.status.value
         raise fail(error, 1)
-    stored_path = storage.path_for(f"{task.id}.mp4")
     if output is not None:
         try:
-            copy_atomically(stored_path, output)
+            with storage.open(output_key(task.id)) as stored:
+                write_atomically(stored, output)
         except OSError as exc:
             raise fail(f"cannot write {output}: {exc.strerror}", 1) from None
     if as_json:
         out.print_json(task.model_dump_json())
         return
-    print_result(task, output or stored_path)
+    print_result(task, output or stored_location(task.output.video))
+
+
+def stored_location(url: str) -> Path | str:
+    """Where a stored output is, as a person reads it: a path for a local file, else its URL."""
+    if url.startswith("file:"):
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(urlsplit(url).path))
+    return url
 
 
 def print_result(task: LocalTask | RemoteTask, where: Path | str) -> None:

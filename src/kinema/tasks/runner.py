@@ -7,6 +7,7 @@ API process reaches the worker within one poll and stops the model within one de
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -15,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from kinema.apps.registry import get_app, list_apps
 from kinema.domain.stages import stage_label
@@ -24,7 +24,8 @@ from kinema.engines.base import CancelToken, ProgressEvent
 from kinema.engines.cache import WarmModels
 from kinema.errors import KinemaError, NotFound
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage.base import Storage
+from kinema.storage.keys import output_key
 from kinema.store import Store
 from kinema.tasks.queue import TaskQueue
 from kinema.tasks.worker import RunContext, prepare_input, run_task
@@ -65,24 +66,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def upload_key(file_id: str) -> str:
-    """Where an uploaded input file lives in storage."""
-    return f"uploads/{file_id}"
-
-
-def output_key(task_id: str) -> str:
-    return f"{task_id}.mp4"
-
-
 class Runner:
-    """In-process workers over a task queue. start() recovers orphaned tasks, then starts the threads."""
+    """In-process workers over a task queue. start() sweeps staging, recovers orphans, starts the threads."""
 
     def __init__(
         self,
         store: Store,
         queue: TaskQueue,
         settings: Settings,
-        storage: LocalStorage,
+        storage: Storage,
         warm: WarmModels,
         *,
         workers: int = 1,
@@ -113,6 +105,7 @@ class Runner:
     # Lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.storage.sweep_staging(self.settings.staging_grace_s)  # what a crashed run left in staging
         recovered = self.queue.recover(self.settings.task_max_attempts)
         for task_id in recovered.requeued:
             log.warning("task %s was left running by a stopped process; requeued", task_id)
@@ -239,10 +232,12 @@ class Runner:
             raw = dict(task.input)
             local = False
             image = raw.get("image")
-            if isinstance(image, str) and image.startswith("file_"):
-                stored = self.store.files.get(image, owner=task.owner)
-                raw["image"], local = str(self.storage.path_for(stored.key)), True
-            prepared = prepare_input(app, raw, self.settings, allow_local_paths=local)
+            with contextlib.ExitStack() as stack:
+                if isinstance(image, str) and image.startswith("file_"):
+                    stored = self.store.files.get(image, owner=task.owner)
+                    path = stack.enter_context(self.storage.local_file(stored.key))
+                    raw["image"], local = str(path), True
+                prepared = prepare_input(app, raw, self.settings, allow_local_paths=local)
         except NotFound as exc:
             return self._failed(task, "invalid_input", f"image: {exc.message}")
         except KinemaError as exc:
@@ -293,7 +288,7 @@ class Runner:
         charged = self.settings.billing_enabled
         if not self.store.tasks.finish(task, charge=charged) and task.output_file is not None:
             log.warning("task %s ended elsewhere; discarding its output", task.id)
-            Path(self.storage.path_for(output_key(task.id))).unlink(missing_ok=True)
+            self.storage.delete(output_key(task.id))
         if self.on_finished is not None:
             try:
                 self.on_finished(task)

@@ -17,13 +17,13 @@ from kinema.domain.tasks import Task, TaskStatus, new_id, utcnow
 from kinema.errors import BadRequest, ImageTooLarge, InvalidImage, InvalidInput, KinemaError, NotFound
 from kinema.media.images import EXTENSIONS, MIME_TYPES, check_image_url, read_data_uri
 from kinema.settings import Settings
-from kinema.storage.local import LocalStorage
+from kinema.storage import Storage, open_storage
+from kinema.storage.keys import upload_key
 from kinema.store import Store
 from kinema.store.files import StoredFile
 from kinema.store.tasks import Submission, TaskPage
 from kinema.store.webhooks import WEBHOOK_EVENTS
 from kinema.tasks.queue import TaskQueue
-from kinema.tasks.runner import upload_key
 from kinema.tasks.webhooks import check_webhook_url
 from kinema.tasks.worker import image_limits
 
@@ -92,10 +92,10 @@ class TaskService:
     """Submit, read, list and cancel tasks; queued work reaches workers through the queue."""
 
     def __init__(
-        self, store: Store, queue: TaskQueue, settings: Settings, storage: LocalStorage | None = None
+        self, store: Store, queue: TaskQueue, settings: Settings, storage: Storage | None = None
     ) -> None:
         self.store, self.queue, self.settings = store, queue, settings
-        self.storage = storage or LocalStorage(settings.outputs_dir)
+        self.storage = storage or open_storage(settings)
 
     def submit(
         self, app: App, input: VideoInput, *, owner: str, options: RunOptions | None = None

@@ -43,7 +43,8 @@ from kinema.media.images import ImageLimits, load_image
 from kinema.media.probe import probe_video
 from kinema.settings import Settings
 from kinema.storage.base import Storage
-from kinema.storage.local import is_storage_fault, storage_fault
+from kinema.storage.files import is_storage_fault, storage_fault
+from kinema.storage.keys import output_key
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def _deliver(
     report(ProgressEvent("store"))
     timings = dict(rendered.timings)
     started = time.perf_counter()
-    stored = ctx.storage.put(staging, f"{task.id}.mp4")
+    stored = ctx.storage.put(staging, output_key(task.id))
     timings["store"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - begun
     meta = OutputMeta(
