@@ -1,17 +1,18 @@
-"""Kandinsky 6 (Kandinsky Lab) through diffusers' Kandinsky6TI2VAPipeline: text/image to video with joint audio.
+"""Kandinsky 6 (Kandinsky Lab) through diffusers' Kandinsky6TI2VAPipeline: text/image to video with audio.
 
-One pass per request, as the diffusers docs lay it out: encode the prompt (Qwen2.5-VL tokens and a CLIP pooled
-embedding, cached per prompt) -> denoise video and audio latents together in one multimodal transformer (the
-image, when given, is a clean tail frame) -> decode the video in temporal chunks -> decode the audio (audio VAE,
-then the BigVGAN vocoder). The model generates about 864x480; kinema resizes and center-crops to the exact
-output size. Importable without torch: the registry reads KANDINSKY6_WEIGHTS in the API process.
+One pass per request, as the diffusers docs lay it out: encode the prompt (Qwen2.5-VL tokens and a CLIP
+pooled embedding, cached per prompt) -> denoise video and audio latents together in one multimodal
+transformer (the image, when given, is a clean tail frame) -> decode the video in temporal chunks -> decode
+the audio (audio VAE, then the BigVGAN vocoder). The model generates about 864x480; kinema resizes and
+center-crops to the exact output size. Importable without torch: the registry reads KANDINSKY6_WEIGHTS in
+the API process.
 
 Sources, cited per value below:
 - [D] diffusers docs, docs/source/en/api/pipelines/kandinsky6.md (main after 0.42.1): the model table
-  ("Pro-5s ... Flow matching, guidance_scale=5.0, 50 steps"; "Pro-distill-5s ... Distilled, guidance_scale=1.0,
-  10 steps"), "Distilled checkpoints ship with the few-step PiflowScheduler and must be run with
-  guidance_scale=1.0", Notes ("height and width must be divisible by ... 16"), the example (480x864, 121 frames,
-  fps=24).
+  ("Pro-5s ... Flow matching, guidance_scale=5.0, 50 steps"; "Pro-distill-5s ... Distilled,
+  guidance_scale=1.0, 10 steps"), "Distilled checkpoints ship with the few-step PiflowScheduler and must be
+  run with guidance_scale=1.0", Notes ("height and width must be divisible by ... 16"), the example (480x864,
+  121 frames, fps=24).
 - [P] diffusers 0.42.1 pipelines/kandinsky6/pipeline_kandinsky6_ti2va.py: __call__ defaults (frame_rate 24.0,
   max_sequence_length 1024), "`num_frames - 1` has to be divisible by" the VAE's temporal ratio, audio at
   audio_vae.config.sample_rate. Its docstring still says "Use 16 with the distilled checkpoints"; [D] and [F]
@@ -32,7 +33,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -80,9 +81,9 @@ KANDINSKY6_PRO = Kandinsky6Options(steps=50, guidance_scale=5.0)
 # [D] "Pro-distill-5s-Diffusers ... Distilled, guidance_scale=1.0, 10 steps"; [F] "distilled for 10 steps".
 KANDINSKY6_PRO_DISTILL = Kandinsky6Options(steps=10, guidance_scale=1.0)
 
-# Parameter counts (diffusers 0.42.1 / transformers 5.24 models built from the configs in kandinsky6_configs on
-# the meta device): transformer 30.14B (Pro; [R] "29B"), 3.18B (Lite; [R] "3B"); Qwen2.5-VL-7B 8.29B; CLIP-L
-# text 0.12B; video VAE 0.25B; audio VAE 0.31B; vocoder 0.12B.
+# Parameter counts (diffusers 0.42.1 / transformers 5.24 models built from the configs in kandinsky6_configs
+# on the meta device): transformer 30.14B (Pro; [R] "29B"), 3.18B (Lite; [R] "3B"); Qwen2.5-VL-7B 8.29B;
+# CLIP-L text 0.12B; video VAE 0.25B; audio VAE 0.31B; vocoder 0.12B.
 TRANSFORMER_PARAMS = {"6.0 Pro": 30.14e9, "6.0 Lite": 3.18e9}
 OTHER_PARAMS = 8.29e9 + 0.12e9 + 0.25e9 + 0.31e9 + 0.12e9
 
@@ -94,7 +95,7 @@ def as_variant(name: str) -> Variant:
     """An app's variant name as a Kandinsky 6 variant; LayoutError for one it does not have."""
     if name not in VARIANTS:
         raise LayoutError(f"Kandinsky 6 weights have no {name!r} variant (full or distilled)")
-    return cast(Variant, name)
+    return name
 
 
 def detect_variant(configs: dict[str, dict[str, Any]]) -> Variant:
@@ -106,7 +107,7 @@ def detect_variant(configs: dict[str, dict[str, Any]]) -> Variant:
 
 
 def detect_generation(configs: dict[str, dict[str, Any]]) -> str:
-    """"6.0 Pro" or "6.0 Lite" from the transformer's width (the two share every structural option), else
+    """ "6.0 Pro" or "6.0 Lite" from the transformer's width (the two share every structural option), else
     "6.0" (a scaled-down test model)."""
     width = configs.get("transformer", {}).get("model_dim")
     return {4096: "6.0 Pro", 1792: "6.0 Lite"}.get(width, "6.0") if isinstance(width, int) else "6.0"
@@ -131,14 +132,16 @@ class Kandinsky6Weights:
         wanted = as_variant(variant)
         index = read_json(model_dir / "model_index.json")
         if index.get("_class_name") != PIPELINE_CLASS:
-            raise LayoutError(f"this is not a Kandinsky 6 repo (model_index.json names {index.get('_class_name')})")
+            raise LayoutError(
+                f"this is not a Kandinsky 6 repo (model_index.json names {index.get('_class_name')})"
+            )
         configs = read_configs(model_dir) if model_dir.is_dir() else {}
         found = detect_variant(configs)
         if found != wanted:
             hint = "the fast app takes the -distill- repos" if wanted == "distilled" else "the quality app"
             raise LayoutError(
-                f"these Kandinsky 6 weights are the {found} model, not the {wanted} one ({hint}: point the app"
-                " at the matching Kandinsky-6.0-*-Diffusers repo)"
+                f"these Kandinsky 6 weights are the {found} model, not the {wanted} one ({hint}: point"
+                " the app at the matching Kandinsky-6.0-*-Diffusers repo)"
             )
         folders = set(pipeline_components(index))
         needed = [p for p in files if p == "model_index.json" or p.partition("/")[0] in folders]
@@ -180,9 +183,7 @@ def load_engine(
     options = spec.options if isinstance(spec.options, Kandinsky6Options) else default_options(variant)
     placement = choose_placement(settings, device)
     folders = set(pipeline_components(read_json(model_dir / "model_index.json")))
-    text_encoder = check_fits(
-        spec.weights or str(model_dir), model_dir, placement, settings, folders=folders
-    )
+    text_encoder = check_fits(spec.weights or str(model_dir), model_dir, placement, settings, folders=folders)
     if placement.device.type == "cuda" and text_encoder == "device":
         text_encoder = "gpu"
     pipe = load_pipeline(model_dir, placement, settings, text_encoder=text_encoder)
@@ -285,7 +286,9 @@ class Kandinsky6Engine:
         if variant == "distilled" and options.guidance_scale != 1.0:
             # [D] the PiFlow policy has no classifier-free guidance.
             self.guidance_scale = 1.0
-            self.fallbacks.append(f"distilled weights run unguided: guidance 1.0, not {options.guidance_scale}")
+            self.fallbacks.append(
+                f"distilled weights run unguided: guidance 1.0, not {options.guidance_scale}"
+            )
         if text_encoder == "cpu":
             self.fallbacks.append("text encoders kept on the CPU: the GPU cannot hold every component")
         self._embeddings: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
@@ -342,9 +345,7 @@ class Kandinsky6Engine:
 
         started = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        latents, audio_latents = self.denoise(
-            request, embeds, width, height, generator, progress, cancel
-        )
+        latents, audio_latents = self.denoise(request, embeds, width, height, generator, progress, cancel)
         timings["denoise"] = time.perf_counter() - started
 
         progress(ProgressEvent("decode_video"))
@@ -435,7 +436,7 @@ class Kandinsky6Engine:
         progress: ProgressCallback,
         cancel: CancelToken,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The pipeline to latents (video and audio together), reporting each step and honouring cancellation."""
+        """The pipeline to latents (video and audio together), reporting each step, honouring cancel."""
         import torch
 
         total = self.options.steps

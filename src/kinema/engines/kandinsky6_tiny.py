@@ -1,11 +1,11 @@
 """Tiny random-weight Kandinsky 6 models in the real repos' layout, built from the real configs, in code.
 
 Each component starts from the config kinema ships for that repo (kinema/engines/kandinsky6_configs/<repo>,
-each file saying where it comes from) and only widths and layer counts are scaled down: every flag that changes
-behaviour stays as shipped (the PiFlow scheduler and the n_grid-wide output heads of the distilled model, the
-tail-frame image conditioning, cross-modal gates and modulation, RoPE on cross-attention, padded text tokens,
-the 8x/4x HunyuanVideo VAE with 16 latent channels, 40 audio latent channels at 44.1 kHz with one latent frame
-per 1024 samples, the 512x BigVGAN vocoder, CLIP's legacy eos id). The output is noise by design.
+each file saying where it comes from) and only widths and layer counts are scaled down: every flag that
+changes behaviour stays as shipped (the PiFlow scheduler and the n_grid-wide output heads of the distilled
+model, the tail-frame image conditioning, cross-modal gates and modulation, RoPE on cross-attention, padded
+text tokens, the 8x/4x HunyuanVideo VAE with 16 latent channels, 40 audio latent channels at 44.1 kHz with one
+latent frame per 1024 samples, the 512x BigVGAN vocoder, CLIP's legacy eos id). The output is noise by design.
 
 The tokenizers are byte-level (any prompt encodes without a hub): the Qwen2.5-VL one carries Qwen's chat and
 vision special tokens, and tokenizer/ holds the image processor config as the real processor folder does; the
@@ -39,7 +39,9 @@ QWEN_SPECIALS = (
 
 def real_config(repo: Repo, component: str) -> dict[str, Any]:
     """A component's config as the real repo ships it (keys starting with _ dropped)."""
-    text = resources.files("kinema.engines").joinpath(f"kandinsky6_configs/{repo}/{component}.json").read_text()
+    text = (
+        resources.files("kinema.engines").joinpath(f"kandinsky6_configs/{repo}/{component}.json").read_text()
+    )
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
@@ -58,7 +60,6 @@ def build_qwen_tokenizer() -> Any:
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
-        unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         padding_side="right",
@@ -145,7 +146,7 @@ def build_tiny_components(repo: Repo, seed: int = 0) -> dict[str, Any]:
     transformer = Kandinsky6Transformer3DModel.from_config(
         {
             **real_config(repo, "transformer"),
-            # head_dim 16 with the real 2:3:3 split of the RoPE axes; audio at half the video width, as shipped.
+            # head_dim 16, the real 2:3:3 split of the RoPE axes; audio at half the video width (as shipped).
             "axes_dims": [4, 6, 6],
             "axes_dims_a": [4, 6, 6],
             "model_dim": 32,
@@ -198,7 +199,7 @@ def build_tiny_components(repo: Repo, seed: int = 0) -> dict[str, Any]:
 
 
 def save_tiny_repo(repo: Repo, target: Path, seed: int = 0) -> Path:
-    """Write a tiny model of a Kandinsky 6 repo in its real layout (atomically), loadable like real weights."""
+    """Write a tiny model of a Kandinsky 6 repo in its real layout (atomically), loadable as real weights."""
     from diffusers import Kandinsky6TI2VAPipeline
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -210,8 +211,8 @@ def save_tiny_repo(repo: Repo, target: Path, seed: int = 0) -> Path:
         pipeline: Any = Kandinsky6TI2VAPipeline(**build_tiny_components(repo, seed))
         pipeline.save_pretrained(staging)
         # The real tokenizer/ is a Qwen2.5-VL processor folder: tokenizer files plus the image processor's
-        # config. Building the processor object itself needs torchvision, so its parts are saved one by one and
-        # model_index.json names the processor class as the real repo does.
+        # config. Building the processor object itself needs torchvision, so its parts are saved one by one
+        # and model_index.json names the processor class as the real repo does.
         Qwen2VLImageProcessorPil().save_pretrained(staging / "tokenizer")
         index = json.loads((staging / "model_index.json").read_text())
         index["tokenizer"] = real_config(repo, "model_index")["tokenizer"]
