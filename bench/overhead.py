@@ -64,7 +64,7 @@ def bare_run(
         "num_frames": generated,
         "frame_rate": float(fps),
         "generator": generator,
-        "max_sequence_length": TINY.sampling.max_sequence_length,
+        "max_sequence_length": TINY.engine.options.max_sequence_length,
         **unguided,
     }
     latents, audio_latents = pipe(  # type: ignore[operator]
@@ -130,7 +130,7 @@ def main() -> None:
         ctx = RunContext(settings=settings, storage=LocalStorage(settings.outputs_dir), warm=warm)
         engine, _ = load_engine(TINY, settings, warm)
         width, height = output_size(args.resolution, "16:9")
-        plan = plan_frames(args.duration, TINY.fps, engine.temporal_multiple)
+        plan = plan_frames(args.duration, TINY.fps, engine.frame_multiple)
         raw = {
             "prompt": "overhead benchmark",
             "resolution": args.resolution,

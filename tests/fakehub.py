@@ -139,6 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         query = parse_qs(url.query)
         self._status = 0
+        self._logged = False
         try:
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
                 self._model_info(m.group(1), m.group(2), blobs="blobs" in query)
@@ -150,21 +151,28 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._error(404, "Not Found", None)
         finally:
-            with self.hub.lock:
-                self.hub.log.append(
-                    Logged(
-                        self.command,
-                        path,
-                        self.headers.get("Range"),
-                        self.headers.get("Authorization"),
-                        self._status,
-                    )
+            if not self._logged:
+                self._log()
+
+    def _log(self) -> None:
+        """Record the request; before the response goes out, so a client that has it finds it logged."""
+        self._logged = True
+        with self.hub.lock:
+            self.hub.log.append(
+                Logged(
+                    self.command,
+                    unquote(urlsplit(self.path).path),
+                    self.headers.get("Range"),
+                    self.headers.get("Authorization"),
+                    self._status,
                 )
+            )
 
     # Responses -----------------------------------------------------------------------------------------
 
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"", *, head: bool = False) -> None:
         self._status = status
+        self._log()
         self.send_response(status)
         headers.setdefault("Content-Length", str(len(body)))
         headers.setdefault("Date", formatdate(usegmt=True))
@@ -327,6 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Promise the whole body, send part of it, and drop the connection: the client sees a short read.
         self._status = status
+        self._log()
         self.send_response(status)
         for k, v in {**headers, "Content-Length": str(len(data))}.items():
             self.send_header(k, v)
@@ -379,7 +388,12 @@ def write_dummy_repo(generation: str, target: Path, *, transformer_bytes: int = 
     from kinema.engines.tiny import LORA_NAMES
 
     target.mkdir(parents=True)
-    (target / "model_index.json").write_text(json.dumps(_config(generation, "model_index")))
+    index = {
+        "_class_name": "LTX2Pipeline",
+        "_diffusers_version": "0.42.1",
+        **_config(generation, "model_index"),
+    }
+    (target / "model_index.json").write_text(json.dumps(index))
     (target / "README.md").write_text(f"# LTX-{generation} (fake hub copy)\n")
     (target / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
     (target / "scheduler").mkdir()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -118,7 +118,14 @@ class Settings(BaseSettings):
         default=32 * 1024 * 1024, description="Largest JSON request body (inline data: images included)."
     )
     workers: int = Field(
-        default=1, ge=0, description="Worker threads `kinema serve` runs (one per GPU; 0: API only)."
+        default=1,
+        ge=0,
+        description="Worker threads `kinema serve` runs for local models (0: API only). Worker i runs on GPU "
+        "i with its own warm models (on a machine without CUDA, on the CPU).",
+    )
+    gpus: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description='GPU indices, one local worker each, e.g. "0,1" (overrides workers).',
     )
     task_max_attempts: int = Field(
         default=2, ge=1, description="Times a task is started before a crash mid-task marks it failed."
@@ -204,6 +211,21 @@ class Settings(BaseSettings):
     def outputs_dir(self) -> Path:
         """Where outputs and uploads are stored."""
         return self.storage_dir or self.data_dir / "outputs"
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_list(cls, value: Any) -> Any:
+        """KINEMA_GPUS=0,1 (or a list): GPU indices, distinct."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and len(set(map(str, value))) != len(value):
+            raise ValueError("each GPU may be listed once")
+        return value
+
+    @property
+    def local_workers(self) -> int:
+        """How many local-model workers run: one per listed GPU, else `workers`."""
+        return len(self.gpus) if self.gpus else self.workers
 
     @property
     def models_dir(self) -> Path:

@@ -86,7 +86,7 @@ def test_each_generation_runs_the_two_stage_recipe_to_an_exact_mp4(
     assert task.output_meta is not None and task.output_meta.model is not None
     model = task.output_meta.model
     # The pinned weights decide the recipe: generation from the configs, the app's variant.
-    assert (model.generation, model.variant) == (generation, app.sampling.variant if app.sampling else "")
+    assert (model.generation, model.variant) == (generation, app.engine.variant)
     stage1, stage2 = model.stages[0], model.stages[1]
     assert (stage2.width, stage2.height) == (stage1.width * 2, stage1.height * 2)
     assert stage2.sigmas == list(STAGE_2_SIGMAS)

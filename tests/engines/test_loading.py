@@ -18,6 +18,7 @@ from kinema.engines.device import (
     safetensors_parameter_count,
 )
 from kinema.engines.loading import resolve_weights
+from kinema.engines.ltx_recipes import LTX2_WEIGHTS
 from kinema.errors import InsufficientResources, ModelNotAvailable
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
@@ -43,7 +44,14 @@ def test_real_app_loads_weights_from_a_local_directory_via_from_pretrained(
 
 def test_missing_hub_weights_say_how_to_get_them(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable) as info:
-        resolve_weights(LTX2_FULL.id, "Lightricks/LTX-2", allow_download=False, cache_dir=tmp_path / "hub")
+        resolve_weights(
+            LTX2_FULL.id,
+            "Lightricks/LTX-2",
+            LTX2_WEIGHTS,
+            variant="full",
+            allow_download=False,
+            cache_dir=tmp_path / "hub",
+        )
     assert "kinema models pull lightricks/ltx-2" in info.value.message
     assert "KINEMA_ALLOW_DOWNLOAD" in info.value.message
 
@@ -57,13 +65,20 @@ def test_hub_weights_in_the_cache_resolve_without_network(tmp_path: Path, tiny_m
     import shutil
 
     shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
-    path = resolve_weights("x/y", "someone/tiny-ltx2", allow_download=False, cache_dir=tmp_path / "hub")
+    path = resolve_weights(
+        "x/y",
+        "someone/tiny-ltx2",
+        LTX2_WEIGHTS,
+        variant="distilled",
+        allow_download=False,
+        cache_dir=tmp_path / "hub",
+    )
     assert (path / "model_index.json").is_file()
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable, match=r"no model_index\.json"):
-        resolve_weights(TINY.id, str(tmp_path), allow_download=False)
+        resolve_weights(TINY.id, str(tmp_path), LTX2_WEIGHTS, variant="distilled", allow_download=False)
 
 
 def test_too_small_a_device_fails_before_loading(settings: Settings, tiny_model_dir: Path) -> None:

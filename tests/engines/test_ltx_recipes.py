@@ -50,9 +50,7 @@ def tiny_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _engine(repo: Path, variant: str) -> LTX2Engine:
     layout = plan_local_layout(repo, variant)  # type: ignore[arg-type]
     loaded = load_pipeline(repo, layout, CPU, offload="none", vae_tiling=False, text_encoder="device")
-    return LTX2Engine(
-        loaded, LTX2Sampling(variant=variant, max_sequence_length=64), CPU, layout=layout, weights=str(repo)
-    )  # type: ignore[arg-type]
+    return LTX2Engine(loaded, LTX2Sampling(max_sequence_length=64), CPU, layout=layout, weights=str(repo))  # type: ignore[arg-type]
 
 
 def _request(image: Image.Image | None = None, audio: bool = True) -> GenerationRequest:

@@ -59,11 +59,16 @@ def create_app(
         storage = LocalStorage(settings.outputs_dir)
         await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
-        if settings.workers > 0 or settings.remote_workers > 0:
+        if settings.local_workers > 0 or settings.remote_workers > 0:
             cache = warm or WARM_MODELS
             cache.capacity = settings.warm_models
             runner = Runner(
-                store, settings, storage, cache, workers=settings.workers, on_finished=metrics.task_finished
+                store,
+                settings,
+                storage,
+                cache,
+                workers=settings.local_workers,
+                on_finished=metrics.task_finished,
             )
         metrics.bind(store)
         state = ServerState(

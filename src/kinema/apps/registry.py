@@ -7,35 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kinema.apps.schema import VideoInput, input_model_for
-from kinema.apps.veo import (
-    VEO_ASPECT_RATIOS,
-    VEO_FPS,
-    VeoInput,
-    check_veo_input,
-    google_api,
-    missing_key_reason,
-)
+from kinema.apps.veo import VEO_ASPECT_RATIOS, VEO_FPS, VeoInput, check_veo_input, missing_key_reason
 from kinema.billing.pricing import PriceTable, format_money
 from kinema.domain.sizing import ALL_ASPECT_RATIOS, AspectRatio
-from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source, weights_status
+from kinema.domain.stages import DELIVERY_STAGES, stage_label
+from kinema.engines.base import EngineSpec
+from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source
+from kinema.engines.registry import app_weights_status, engine_family
 from kinema.engines.sampling import LTX2Sampling
+from kinema.engines.veo import GoogleModel
 from kinema.errors import AppNotFound, AppUnavailable
 from kinema.settings import Settings
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    """A model an outside provider runs with the user's own key: the provider and its model ids."""
-
-    provider: str  # "google"
-    gemini_model: str  # the id on Google's Gemini API
-    vertex_model: str  # the id on Vertex AI
-
-    def model_id(self, app_id: str, settings: Settings) -> str:
-        """The provider's model id for this server: settings.google_models overrides the default."""
-        if app_id in settings.google_models:
-            return settings.google_models[app_id]
-        return self.vertex_model if google_api(settings) == "vertex" else self.gemini_model
 
 
 @dataclass(frozen=True)
@@ -56,10 +38,7 @@ class App:
     title: str
     description: str
     input_model: type[VideoInput]
-    # A local app has sampling and weights (LTX-2 on this machine); a remote app has a provider model.
-    sampling: LTX2Sampling | None = None
-    default_weights: str | None = None  # a Hugging Face model id, or "builtin:tiny"
-    remote: RemoteModel | None = None
+    engine: EngineSpec  # the family that runs it, with its options and default weights
     fps: int = 24
     pricing: PriceTable = field(default_factory=PriceTable)
     notes: tuple[str, ...] = ()
@@ -67,11 +46,13 @@ class App:
     aspect_ratios: tuple[AspectRatio, ...] = ALL_ASPECT_RATIOS
     # Checks that depend on this server's configuration, run before any work (and before a provider call).
     input_rules: Callable[[VideoInput, Settings], None] | None = None
+    # Why this server cannot run the app at all (a provider app without its key), or None.
+    unmet_requirement: Callable[[Settings], str | None] | None = None
 
     def __post_init__(self) -> None:
-        local = self.sampling is not None and self.default_weights is not None
-        if local == (self.remote is not None):
-            raise ValueError(f"app {self.id}: give either sampling and default_weights, or remote")
+        family = engine_family(self.engine.family)  # an unknown family fails at import, not at run
+        if family.remote == (self.engine.weights is not None):
+            raise ValueError(f"app {self.id}: a local family needs weights, a provider's family none")
 
     @property
     def id(self) -> str:
@@ -80,11 +61,16 @@ class App:
     @property
     def is_remote(self) -> bool:
         """The model runs at an outside provider: no GPU, no weights, no torch in this process."""
-        return self.remote is not None
+        return engine_family(self.engine.family).remote
 
     @property
     def is_builtin(self) -> bool:
-        return self.default_weights is not None and self.default_weights.startswith("builtin:")
+        return self.engine.weights is not None and self.engine.weights.startswith("builtin:")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages a run of this app reports, in order: its engine's, then delivery."""
+        return engine_family(self.engine.family).stages + DELIVERY_STAGES
 
     def input_schema(self) -> dict[str, Any]:
         """The input model as JSON Schema."""
@@ -92,15 +78,12 @@ class App:
 
     def weights_status(self, settings: Settings) -> WeightsStatus | None:
         """Whether a local app's weights are on this machine (cache and directories only, no network)."""
-        if self.sampling is None or self.default_weights is None:
-            return None
-        source = settings.model_paths.get(self.id, self.default_weights)
-        return weights_status(self.id, source, self.sampling.variant, settings.hf_cache_dir)
+        return app_weights_status(self.id, self.engine, settings)
 
     def availability(self, settings: Settings) -> Availability:
         """Whether this server can run the app: a provider app needs its API key, a local app its weights."""
-        if self.remote is not None and self.remote.provider == "google" and settings.google_api_key is None:
-            return Availability(False, missing_key_reason())
+        if self.unmet_requirement is not None and (reason := self.unmet_requirement(settings)) is not None:
+            return Availability(False, reason)
         status = self.weights_status(settings)
         if status is None or status.present:
             return Availability(True)
@@ -126,7 +109,7 @@ class App:
         download = None if status.present else status.download_bytes
         return {
             "source": "local directory" if is_local_source(status.source) else status.source,
-            "variant": self.sampling.variant if self.sampling is not None else None,
+            "variant": self.engine.variant,
             "present": status.present,
             "generation": status.generation,
             "download_bytes": download,
@@ -148,12 +131,8 @@ class App:
         With settings, it also says whether this server can run the app and which provider model it calls.
         """
         availability = self.availability(settings) if settings is not None else Availability(True)
-        provider = None
-        if self.remote is not None:
-            provider = {"name": self.remote.provider}
-            if settings is not None:
-                provider["api"] = google_api(settings)
-                provider["model"] = self.remote.model_id(self.id, settings)
+        options = self.engine.options
+        provider = options.describe(self.id, settings) if isinstance(options, GoogleModel) else None
         return {
             "id": self.id,
             "owner": self.owner,
@@ -176,6 +155,8 @@ class App:
             "examples": list(self.examples),
             "weights": self.describe_weights(settings) if settings is not None else None,
             "engine": "remote" if self.is_remote else "local",
+            "family": self.engine.family,
+            "stages": [{"name": name, "label": stage_label(name)} for name in self.stages],
             "provider": provider,
             "available": availability.available,
             "unavailable_reason": availability.reason,
@@ -195,8 +176,9 @@ LTX2_FAST = App(
     description="LTX-2.5 distilled, the official two-stage recipe: 8 steps at half size, the x2 latent "
     "upsampler, 3 refining steps at full size; text/image-to-video with joint audio. The default app.",
     input_model=input_model_for("LTX2FastInput", default_duration=5.0, min_duration=1.0, max_duration=20.0),
-    sampling=LTX2Sampling(variant="distilled"),
-    default_weights="Lightricks/LTX-2.5-Diffusers",
+    engine=EngineSpec(
+        "ltx2", options=LTX2Sampling(), weights="Lightricks/LTX-2.5-Diffusers", variant="distilled"
+    ),
     notes=(
         "Weights: Lightricks/LTX-2.5-Diffusers (gated: accept the licence on its Hugging Face page and set "
         "HF_TOKEN). Point KINEMA_MODEL_PATHS at LTX-2.3 or LTX-2 weights to pin an older generation; the "
@@ -213,8 +195,7 @@ LTX2_FULL = App(
     description="LTX-2.5 full model: 30 guided steps (CFG, spatio-temporal and modality guidance) at half "
     "size, then the x2 latent upsampler and 3 steps with the distilled LoRA at full size; quality tier.",
     input_model=input_model_for("LTX2Input", default_duration=5.0, min_duration=1.0, max_duration=20.0),
-    sampling=LTX2Sampling(variant="full"),
-    default_weights="Lightricks/LTX-2.5-Diffusers",
+    engine=EngineSpec("ltx2", options=LTX2Sampling(), weights="Lightricks/LTX-2.5-Diffusers", variant="full"),
     notes=LTX2_FAST.notes,
     examples=_EXAMPLES,
 )
@@ -227,8 +208,9 @@ TINY = App(
     description="The LTX-2.5 two-stage engine on tiny random weights in the real repo layout, built in code, "
     "for tests and offline smoke runs.",
     input_model=input_model_for("TinyInput", default_duration=1.0, min_duration=0.1, max_duration=20.0),
-    sampling=LTX2Sampling(variant="distilled", max_sequence_length=128),
-    default_weights="builtin:tiny",
+    engine=EngineSpec(
+        "ltx2", options=LTX2Sampling(max_sequence_length=128), weights="builtin:tiny", variant="distilled"
+    ),
     notes=(
         "Output is random noise by design: the weights are random. Use it to check the install, not to "
         "judge quality.",
@@ -258,14 +240,15 @@ def _veo_app(name: str, version: str, title: str, description: str, model: str) 
         title=title,
         description=description,
         input_model=VeoInput,
-        remote=RemoteModel(
-            provider="google", gemini_model=f"{model}-generate-preview", vertex_model=f"{model}-generate-001"
+        engine=EngineSpec(
+            "veo", options=GoogleModel(f"{model}-generate-preview", vertex_model=f"{model}-generate-001")
         ),
         fps=VEO_FPS,
         notes=_VEO_NOTES,
         examples=_VEO_EXAMPLES,
         aspect_ratios=VEO_ASPECT_RATIOS,
         input_rules=check_veo_input,
+        unmet_requirement=missing_key_reason,
     )
 
 

@@ -90,8 +90,10 @@ def check_veo_input(validated: VideoInput, settings: Settings) -> None:
         )
 
 
-def missing_key_reason() -> str:
-    """Why a Veo app cannot run without a key, and how to give it one."""
+def missing_key_reason(settings: Settings) -> str | None:
+    """Why a Veo app cannot run here (no key), and how to give it one; None when a key is set."""
+    if settings.google_api_key is not None:
+        return None
     return (
         "needs your Google API key: set KINEMA_GOOGLE_API_KEY (or GOOGLE_API_KEY / GEMINI_API_KEY) "
         "and restart"

@@ -145,18 +145,21 @@ def app_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
             a.id,
             a.version,
             a.description,
-            weights_cell(a.describe_weights(settings)),
+            weights_cell(a, a.describe_weights(settings)),
             "yes" if availability.available else f"no: {availability.reason}",
         )
     print_table(table)
 
 
-def weights_cell(weights: dict[str, Any] | None) -> str:
+def weights_cell(app: App, weights: dict[str, Any] | None) -> str:
     """A local app's weights in a word or two: here, or the download size."""
+    from kinema.engines.registry import engine_family
+
     if weights is None:
         return "provider"
     if weights["present"]:
-        return "here" + (f" (LTX-{weights['generation']})" if weights["generation"] else "")
+        generation = weights["generation"]
+        return "here" + (f" ({engine_family(app.engine.family).label(generation)})" if generation else "")
     size = weights["download_size"]
     if size is None:
         return "missing"
@@ -201,7 +204,8 @@ def app_show(
     elif info["weights"] is not None:
         weights = info["weights"]
         out.print(
-            f"weights: {weights['source']} ({weights['variant']}): {weights_cell(weights)}", highlight=False
+            f"weights: {weights['source']} ({weights['variant']}): {weights_cell(a, weights)}",
+            highlight=False,
         )
 
 
@@ -546,13 +550,16 @@ def models_pull(
 ) -> None:
     """Download the files an app needs into the Hugging Face cache, showing the size first."""
     from kinema.engines.loading import DownloadPlan, download_weights, human_bytes, is_local_source
+    from kinema.engines.registry import engine_family, planner_for, weights_source
 
     a = lookup(app_id)
     settings = Settings()
-    if a.default_weights is None or a.sampling is None:
+    source = weights_source(a.id, a.engine, settings)
+    planner = planner_for(a.engine)
+    if source is None or planner is None:
         out.print(f"{a.id} runs on the provider's servers; there are no weights to download")
         return
-    source = settings.model_paths.get(a.id, a.default_weights)
+    family = engine_family(a.engine.family)
     status = a.weights_status(settings)
     if source.startswith("builtin:") or is_local_source(source):
         if status is not None and not status.present:
@@ -561,7 +568,7 @@ def models_pull(
             )
         out.print(f"{a.id} needs no download; its weights are {source}")
         return
-    variant = a.sampling.variant
+    variant = a.engine.variant
     plans: list[DownloadPlan] = []
 
     def announce(plan: DownloadPlan) -> None:
@@ -569,14 +576,16 @@ def models_pull(
         have = plan.total_bytes - plan.missing_bytes
         already = f", {human_bytes(have)} already here" if have else ""
         err.print(
-            f"{a.id}: {source} LTX-{plan.generation} {variant}, {len(plan.files)} files, "
+            f"{a.id}: {source} {family.label(plan.generation)} {variant}, {len(plan.files)} files, "
             f"{human_bytes(plan.total_bytes)}{already}; downloading {human_bytes(plan.missing_bytes)} into "
             "the Hugging Face cache…",
             highlight=False,
         )
 
     try:
-        path = download_weights(source, variant=variant, cache_dir=settings.hf_cache_dir, on_plan=announce)
+        path = download_weights(
+            source, planner, variant=variant, cache_dir=settings.hf_cache_dir, on_plan=announce
+        )
     except KinemaError as exc:
         raise fail(exc.message, exit_code_for(exc)) from None
     if as_json:
@@ -602,6 +611,7 @@ def models_pull(
 def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the downloaded models: Hugging Face cache and KINEMA_MODEL_PATHS directories."""
     from kinema.engines.loading import human_bytes, is_local_source, stored_models
+    from kinema.engines.registry import engine_family, identify_model
 
     settings = Settings()
     local_dirs = sorted(
@@ -612,7 +622,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         }
     )
     rows: list[dict[str, Any]] = []
-    for model in stored_models(settings.hf_cache_dir, local_dirs):
+    for model in stored_models(settings.hf_cache_dir, local_dirs, identify_model):
         serves = [
             a.id
             for a in list_apps()
@@ -625,7 +635,9 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
                 "source": model.source,
                 "path": str(model.path),
                 "revision": model.revision,
+                "family": model.family,
                 "generation": model.generation,
+                "model": engine_family(model.family).label(model.generation) if model.family else "?",
                 "size_bytes": model.size_bytes,
                 "size": human_bytes(model.size_bytes),
                 "serves": serves,
@@ -639,8 +651,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         return
     table = Table("model", "generation", "size on disk", "serves", "path")
     for row in rows:
-        generation = f"LTX-{row['generation']}" if row["generation"] else "?"
-        table.add_row(row["source"], generation, row["size"], ", ".join(row["serves"]) or "-", row["path"])
+        table.add_row(row["source"], row["model"], row["size"], ", ".join(row["serves"]) or "-", row["path"])
     print_table(table)
 
 
@@ -655,7 +666,8 @@ Configured by KINEMA_* environment variables (or a .env file); the options below
   KINEMA_ADMIN_KEY      the admin API key (default: generated on first start and printed once)
   KINEMA_SECRET_KEY     secret for signed URLs and key hashes (default: generated into the data dir)
   KINEMA_PUBLIC_URL     base URL clients use, for signed links (default: the request's host)
-  KINEMA_WORKERS        worker threads for local models (default 1, one per GPU)
+  KINEMA_WORKERS        local-model workers (default 1); worker i owns GPU i and its own warm models
+  KINEMA_GPUS           the GPUs for local workers, one each, e.g. 0,1 (overrides KINEMA_WORKERS)
   KINEMA_REMOTE_WORKERS worker threads for provider apps such as Veo (default 4; both 0 = API only)
   KINEMA_GOOGLE_API_KEY your Google key for the Veo apps (or GOOGLE_API_KEY / GEMINI_API_KEY)
   KINEMA_RUN_WAIT_S     how long POST .../run waits before answering 202 (default 60)
@@ -669,7 +681,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (KINEMA_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (KINEMA_PORT, default 8000).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (KINEMA_DATA_DIR).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker threads (KINEMA_WORKERS).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local-model workers, worker i on GPU i (KINEMA_WORKERS).")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPUs to run local workers on, one each, e.g. 0,1 (KINEMA_GPUS).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     import uvicorn
@@ -678,7 +695,13 @@ def serve(
 
     overrides: dict[str, Any] = {
         k: v
-        for k, v in {"host": host, "port": port, "data_dir": data_dir, "workers": workers}.items()
+        for k, v in {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "workers": workers,
+            "gpus": gpus,
+        }.items()
         if v is not None
     }
     settings = Settings(**overrides)

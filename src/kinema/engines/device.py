@@ -49,6 +49,26 @@ def cuda_supports_fp8() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
+def worker_device(index: int, settings: Settings) -> str:
+    """The device local worker `index` owns: its listed GPU (KINEMA_GPUS), else GPU `index`; the CPU on a
+    machine without CUDA. Two workers never share a GPU: each would load its own copy of the model."""
+    if settings.gpus:
+        return f"cuda:{settings.gpus[index]}"
+    if settings.device in ("cpu", "mps"):
+        return settings.device
+    if not torch.cuda.is_available():
+        if settings.device == "cuda":
+            raise InsufficientResources("KINEMA_DEVICE=cuda but no CUDA device is available to PyTorch")
+        return "cpu"
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise InsufficientResources(
+            f"local worker {index} has no GPU of its own: {count} visible; set KINEMA_WORKERS to at most"
+            f" {count}, or list the GPUs with KINEMA_GPUS / --gpus"
+        )
+    return f"cuda:{index}"
+
+
 def choose_placement(settings: Settings, device_name: str | None = None) -> Placement:
     """CUDA with bfloat16 where present, CPU float32 otherwise; settings override both.
 

@@ -194,7 +194,9 @@ def _status_of_dir(
     )
 
 
-def weights_status(source: str, planner: WeightsPlanner, variant: str, cache_dir: Path | None) -> WeightsStatus:
+def weights_status(
+    source: str, planner: WeightsPlanner, variant: str, cache_dir: Path | None
+) -> WeightsStatus:
     """Whether `source` (a local directory or a cached hub id) holds what the variant needs; offline."""
     if source.startswith("builtin:"):
         return WeightsStatus(source, True)

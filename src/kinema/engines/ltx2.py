@@ -9,6 +9,7 @@ generation detected in the weights' configs (kinema.engines.ltx_recipes), never 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,12 +21,29 @@ import numpy as np
 import torch
 
 from kinema.domain.sizing import StageSizes, stage_sizes
-from kinema.engines.base import CancelToken, GeneratedClip, GenerationRequest, ProgressCallback, ProgressEvent
-from kinema.engines.device import Placement
-from kinema.engines.ltx_recipes import RECIPES, UNGUIDED, Guidance, Layout, Recipe
+from kinema.engines.base import (
+    CancelToken,
+    EngineSpec,
+    GeneratedClip,
+    GenerationRequest,
+    ProgressCallback,
+    ProgressEvent,
+)
+from kinema.engines.device import Placement, check_fits, choose_placement
+from kinema.engines.loading import is_local_source
+from kinema.engines.ltx_recipes import (
+    RECIPES,
+    UNGUIDED,
+    Guidance,
+    Layout,
+    Recipe,
+    as_variant,
+    plan_local_layout,
+)
 from kinema.engines.sampling import LTX2Sampling
 from kinema.errors import Cancelled
 from kinema.media.frames import fit_audio, iter_output_frames
+from kinema.settings import Settings
 
 STAGE2_ADAPTER = "stage_2_distilled"
 
@@ -43,6 +61,35 @@ class Stage:
     distilled_scheduler: bool  # shifting off, so the sigmas are stepped exactly as given
     lora: bool  # the stage-2 distilled LoRA is active
     noise_scale: float = 0.0  # stage 2 renoises the upsampled latents at its first sigma
+
+
+def load_engine(
+    app_id: str, spec: EngineSpec, model_dir: Path | None, settings: Settings, device: str | None
+) -> LTX2Engine:
+    """The LTX family's loader: plan the layout, check it fits the device, load the pipeline warm."""
+    assert model_dir is not None, "LTX runs from local weights"
+    sampling = spec.options if isinstance(spec.options, LTX2Sampling) else LTX2Sampling()
+    placement = choose_placement(settings, device)
+    layout = plan_local_layout(model_dir, as_variant(spec.variant))
+    folders = {
+        *layout.components,
+        layout.transformer,
+        *(x for x in (layout.upsampler, layout.stage2_lora) if x),
+    }
+    weights = spec.weights or str(model_dir)
+    name = model_dir.name if is_local_source(weights) else weights  # no server paths in public messages
+    text_encoder = check_fits(name, model_dir, placement, settings, folders=folders)
+    if placement.device.type == "cuda" and text_encoder == "device":
+        text_encoder = "gpu"
+    loaded = load_pipeline(
+        model_dir,
+        layout,
+        placement,
+        offload=settings.offload,
+        vae_tiling=settings.vae_tiling,
+        text_encoder=text_encoder,
+    )
+    return LTX2Engine(loaded, sampling, placement, layout=layout, weights=weights, text_encoder=text_encoder)
 
 
 def load_pipeline(
@@ -198,17 +245,25 @@ class LTX2Engine:
         self.weights = weights
         self.text_encoder_placement = text_encoder
         self._embeddings: OrderedDict[tuple[str, str, bool], tuple[torch.Tensor, ...]] = OrderedDict()
+        self._embeddings_lock = threading.Lock()
+        # One request at a time per engine: a run swaps the pipeline's scheduler and LoRA state. Each local
+        # worker owns its engine, so this only orders callers that share one (the CLI, tests).
+        self._generate_lock = threading.Lock()
         self._decode_cancel: CancelToken | None = None
         self.pipe.vae.decoder.register_forward_pre_hook(self._check_decode_cancel)
         self.calls: list[dict[str, Any]] = []  # the last request's pipeline calls, for output_meta and tests
 
     @property
-    def spatial_multiple(self) -> int:
+    def size_multiple(self) -> int:
         return int(self.pipe.vae_spatial_compression_ratio)
 
     @property
-    def temporal_multiple(self) -> int:
+    def frame_multiple(self) -> int:
         return int(self.pipe.vae_temporal_compression_ratio)
+
+    @property
+    def device(self) -> str:
+        return str(self.placement.device)
 
     @property
     def audio_sample_rate(self) -> int:
@@ -222,6 +277,12 @@ class LTX2Engine:
         self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
     ) -> GeneratedClip:
         """Encode the prompt, run the recipe's stages on video and audio latents, then decode them."""
+        with self._generate_lock:
+            return self._generate(request, progress, cancel)
+
+    def _generate(
+        self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
+    ) -> GeneratedClip:
         timings: dict[str, float] = {}
         sizes = stage_sizes(
             request.width,
@@ -274,8 +335,8 @@ class LTX2Engine:
             timings["upsample"] = timings.get("upsample", 0.0) + time.perf_counter() - started
             upscale = "latent_upsampler_x2"
         decoded_h, decoded_w = (
-            latents.shape[-2] * self.spatial_multiple,
-            latents.shape[-1] * self.spatial_multiple,
+            latents.shape[-2] * self.size_multiple,
+            latents.shape[-1] * self.size_multiple,
         )
         if (decoded_w, decoded_h) != (request.width, request.height):
             upscale = f"{upscale}+crop" if upscale != "none" else "crop"
@@ -346,9 +407,10 @@ class LTX2Engine:
     def encode_prompt(self, prompt: str, negative_prompt: str, uses_cfg: bool) -> tuple[torch.Tensor, ...]:
         """Text embeddings, cached per prompt: re-running a prompt skips the (large) text encoder."""
         key = (prompt, negative_prompt if uses_cfg else "", uses_cfg)
-        if key in self._embeddings:
-            self._embeddings.move_to_end(key)
-            return self._embeddings[key]
+        with self._embeddings_lock:
+            if key in self._embeddings:
+                self._embeddings.move_to_end(key)
+                return self._embeddings[key]
         device = torch.device("cpu") if self.text_encoder_placement == "cpu" else self.pipe._execution_device
         embeds, mask, neg_embeds, neg_mask = self.pipe.encode_prompt(
             prompt=prompt,
@@ -359,9 +421,10 @@ class LTX2Engine:
         )
         target = self.placement.device
         result = tuple(t.to(target) if t is not None else None for t in (embeds, mask, neg_embeds, neg_mask))
-        self._embeddings[key] = result  # type: ignore[assignment]
-        while len(self._embeddings) > 16:
-            self._embeddings.popitem(last=False)
+        with self._embeddings_lock:
+            self._embeddings[key] = result  # type: ignore[assignment]
+            while len(self._embeddings) > 16:
+                self._embeddings.popitem(last=False)
         return result  # type: ignore[return-value]
 
     def _set_stage(self, stage: Stage) -> None:

@@ -327,8 +327,11 @@ class LTX2Weights:
         )
 
     def estimate_bytes(self, generation: str | None, variant: str) -> int:
-        known = generation if generation in RECIPES else NEWEST
-        return approx_download_bytes(cast(Generation, known), as_variant(variant))
+        known: Generation = NEWEST
+        for name in RECIPES:
+            if name == generation:
+                known = name
+        return approx_download_bytes(known, as_variant(variant))
 
     def identify(self, model_dir: Path) -> str | None:
         pipeline = str(read_json(model_dir / "model_index.json").get("_class_name", ""))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +23,9 @@ from kinema.engines.ltx_recipes import LTX2_WEIGHTS
 from kinema.errors import ModelNotAvailable
 from kinema.settings import Settings
 
-# load(spec, model_dir, settings, device) -> Engine. model_dir is None for a provider's engine; device is the
-# worker's own device ("cuda:1", "cpu"), or None to let the family choose from settings.
-Loader = Callable[[EngineSpec, Path | None, Settings, str | None], Engine]
+# load(app_id, spec, model_dir, settings, device) -> Engine. model_dir is None for a provider's engine; device
+# is the worker's own device ("cuda:1", "cpu"), or None to let the family choose from settings.
+Loader = Callable[[str, EngineSpec, Path | None, Settings, str | None], Engine]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class EngineFamily:
     remote: bool = False  # runs at a provider: no weights, no GPU, no torch here
     weights: WeightsPlanner | None = None  # a local family's weights planner
     builtins: Mapping[str, str] = field(default_factory=dict)  # builtin:<name> -> "module:function(dir)"
+    model_name: str = "{generation}"  # how people name a generation of its models, e.g. "LTX-{generation}"
+
+    def label(self, generation: str | None) -> str:
+        """A generation as people name it ("LTX-2.5"); "?" when unknown."""
+        return self.model_name.format(generation=generation) if generation else "?"
 
 
 FAMILIES: dict[str, EngineFamily] = {
@@ -50,6 +56,7 @@ FAMILIES: dict[str, EngineFamily] = {
             stages=("load", "encode_text", "denoise", "upsample", "decode_video", "decode_audio"),
             weights=LTX2_WEIGHTS,
             builtins={"tiny": "kinema.engines.tiny:save_tiny_model"},
+            model_name="LTX-{generation}",
         ),
         EngineFamily(
             name="kandinsky6",
@@ -71,6 +78,13 @@ FAMILIES: dict[str, EngineFamily] = {
         ),
     )
 }
+
+
+# One model load at a time per process. from_pretrained builds modules on the meta device under a context
+# that patches torch globally (accelerate's init_empty_weights), so two workers loading at once corrupt
+# each other's models ("Cannot copy out of meta tensor"; found by the two-worker test). Loading is
+# disk-bound anyway.
+_LOADING = threading.Lock()
 
 
 def engine_family(name: str) -> EngineFamily:
@@ -133,15 +147,15 @@ def load_engine(
     """The app's warm engine on this device, loading it only the first time; whether it loaded now."""
     family = engine_family(spec.family)
     model_dir = None if family.remote else locate_weights(app_id, spec, settings)
-    key = "|".join(
-        (app_id, repr(spec), str(model_dir), device or settings.device, settings.dtype, str(settings.fp8))
-        + (str(settings.compile), settings.offload, str(settings.vae_tiling))
-    )
+    spec = replace(spec, weights=weights_source(app_id, spec, settings))  # what runs here, for output_meta
+    placement = (device or settings.device, settings.dtype, settings.fp8, settings.compile, settings.offload)
+    key = "|".join(map(str, (app_id, spec, model_dir, *placement, settings.vae_tiling)))
 
     def loader() -> Engine:
         load = cast(Loader, _import(family.loader))
         try:
-            return load(spec, model_dir, settings, device)
+            with _LOADING:
+                return load(app_id, spec, model_dir, settings, device)
         except LayoutError as exc:
             raise ModelNotAvailable(f"{app_id}: {exc}", details={"weights": str(model_dir)}) from exc
         except (OSError, ValueError, RuntimeError) as exc:  # damaged or partial files (safetensors, configs)
@@ -154,6 +168,8 @@ def load_engine(
                 details={"weights": str(model_dir)},
             ) from exc
 
+    if family.remote:  # a client is cheap, and must not take a warm model's place
+        return loader(), False
     engine, loaded = warm.get_or_load(key, loader)
     return cast(Engine, engine), loaded
 

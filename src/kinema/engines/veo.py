@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image, ImageOps
 
-from kinema.engines.base import CancelToken, ProgressCallback, ProgressEvent
+from kinema.engines.base import (
+    CancelToken,
+    EngineSpec,
+    GeneratedClip,
+    GenerationRequest,
+    ProgressCallback,
+    ProgressEvent,
+)
 from kinema.errors import (
     AppUnavailable,
     ProviderAuthFailed,
@@ -71,6 +78,85 @@ SAFETY_WORDS = ("safety", "responsible ai", "usage guideline", "sensitive", "pro
 INVALID_STATUSES = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "NOT_FOUND")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GoogleModel:
+    """A Veo model in its Gemini API and Vertex AI names: a Veo app's engine options."""
+
+    gemini_model: str  # the id on Google's Gemini API
+    vertex_model: str  # the id on Vertex AI
+
+    def model_id(self, app_id: str, settings: Settings) -> str:
+        """The provider's model id for this server: settings.google_models overrides the default."""
+        if app_id in settings.google_models:
+            return settings.google_models[app_id]
+        return self.vertex_model if settings.google_vertexai else self.gemini_model
+
+    def describe(self, app_id: str, settings: Settings | None) -> dict[str, str]:
+        """The provider part of an app's public description."""
+        if settings is None:
+            return {"name": "google"}
+        api = "vertex" if settings.google_vertexai else "gemini"
+        return {"name": "google", "api": api, "model": self.model_id(app_id, settings)}
+
+
+def load_engine(
+    app_id: str, spec: EngineSpec, model_dir: Path | None, settings: Settings, device: str | None
+) -> VeoEngine:
+    """The Veo family's loader: a client configuration, no weights."""
+    if not isinstance(spec.options, GoogleModel):
+        raise ValueError(f"{app_id}: a Veo app's engine options are a GoogleModel")
+    return VeoEngine(spec.options.model_id(app_id, settings), VeoConfig.from_settings(settings))
+
+
+class VeoEngine:
+    """Veo behind the Engine protocol: Google makes the file; the worker brings it onto the contract."""
+
+    frame_multiple = 1
+    size_multiple = 1
+    device = "remote"
+    audio_sample_rate: int | None = None
+
+    def __init__(self, model: str, config: VeoConfig) -> None:
+        self.model, self.config = model, config
+
+    def generate(
+        self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
+    ) -> GeneratedClip:
+        """Submit, wait and download Google's video into request.download_to."""
+        if request.download_to is None:
+            raise ValueError("a provider's engine needs request.download_to")
+        # Vertex AI takes a seed, so one is always reported; the Gemini API takes none.
+        seed = request.seed if self.config.vertexai else None
+        veo = VeoRequest(
+            model=self.model,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            image=request.image,
+            width=request.width,
+            height=request.height,
+            aspect_ratio=request.aspect_ratio,
+            resolution=request.resolution,
+            duration_seconds=round(request.duration),
+            generate_audio=request.generate_audio,
+            seed=seed,
+        )
+        with VeoClient(self.config) as client:
+            result = client.generate(veo, request.download_to, progress, cancel)
+        log.info("veo: operation %s delivered (%d polls)", result.operation, result.polls)
+        return GeneratedClip(
+            width=request.width,
+            height=request.height,
+            fps=request.frames.fps,
+            frame_count=request.frames.frames,
+            frames=None,
+            audio=None,
+            sample_rate=None,
+            seed=seed,
+            timings=result.timings,
+            video_file=request.download_to,
+        )
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,10 @@ class Runner:
         on_finished: Callable[[Task], None] | None = None,
     ) -> None:
         self.store, self.settings, self.storage, self.warm = store, settings, storage, warm
+        # Each local worker owns a device and its warm models (worker 0 the cache it was given); a provider
+        # worker needs neither.
+        self.warms = [warm] + [WarmModels(warm.capacity) for _ in range(1, workers)]
+        self._devices: dict[int, str] = {}
         # Two pools: `workers` threads (one per GPU) run local models; `remote_workers` threads run provider
         # apps, which only wait on the network. Without a remote pool the GPU workers take every app.
         self.workers = workers
@@ -126,15 +130,14 @@ class Runner:
         for task_id in recovered.failed:
             log.warning("task %s was left running too many times; marked failed", task_id)
         local_apps = self.local_apps if self.remote_workers else None
-        pools = [
-            ("kinema-worker", self.workers, local_apps),
-            ("kinema-remote", self.remote_workers, self.remote_apps),
+        workers: list[tuple[str, list[str] | None, int | None]] = [
+            *((f"kinema-worker-{n}", local_apps, n) for n in range(self.workers)),
+            *((f"kinema-remote-{n}", self.remote_apps, None) for n in range(self.remote_workers)),
         ]
-        for prefix, count, apps in pools:
-            for n in range(count):
-                thread = threading.Thread(target=self._work, args=(apps,), name=f"{prefix}-{n}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+        for name, apps, slot in workers:
+            thread = threading.Thread(target=self._work, args=(apps, slot), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         if self.workers or self.remote_workers:
             watcher = threading.Thread(target=self._watch_cancels, name="kinema-cancels", daemon=True)
             watcher.start()
@@ -170,10 +173,11 @@ class Runner:
 
     # Threads -------------------------------------------------------------------------------------
 
-    def _work(self, apps: list[str] | None = None) -> None:
-        """Claim and run tasks of these apps (None: any app) until stopped."""
+    def _work(self, apps: list[str] | None, slot: int | None) -> None:
+        """Claim and run tasks of these apps (None: any app) until stopped; slot: the local worker's index."""
         lower_thread_priority()
-        warm_models = len(self.warm)
+        warm = self.warms[slot] if slot is not None else None
+        warm_models = len(warm) if warm is not None else 0
         while not self._stopping.is_set():
             try:
                 task = self.store.claim_next(
@@ -187,14 +191,14 @@ class Runner:
                 self._wake.clear()
                 continue
             try:
-                self._run(task)
+                self._run(task, slot)
             except Exception:  # the task is failed below; the worker must survive
                 log.exception("worker error on task %s", task.id)
                 task.status = TaskStatus.failed
                 task.error = TaskError(code="internal_error", message="the worker failed; see the server log")
                 self._finish(task)
-            if len(self.warm) > warm_models:  # this task loaded a model: its objects stay, stop scanning them
-                warm_models = len(self.warm)
+            if warm is not None and len(warm) > warm_models:  # a model loaded: its objects stay, unscanned
+                warm_models = len(warm)
                 settle_heap()
 
     def _watch_cancels(self) -> None:
@@ -213,13 +217,13 @@ class Runner:
             for task_id in wanted:
                 self.cancel(task_id)
 
-    def _run(self, task: Task) -> None:
+    def _run(self, task: Task, slot: int | None = None) -> None:
         token = CancelToken()
         with self._lock:
             self._running[task.id] = token
         try:
-            self.store.log(task.id, f"started on worker {self.id}")
-            result = self._execute(task, token)
+            self.store.log(task.id, f"started on worker {self.id} ({threading.current_thread().name})")
+            result = self._execute(task, token, slot)
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
@@ -229,9 +233,20 @@ class Runner:
             return
         self._finish(result)
 
-    def _execute(self, task: Task, token: CancelToken) -> Task:
+    def device(self, slot: int) -> str:
+        """The device local worker `slot` owns, found on its first local task (this imports torch)."""
+        if slot not in self._devices:
+            from kinema.engines.device import worker_device
+
+            self._devices[slot] = worker_device(slot, self.settings)
+            log.info("local worker %d runs on %s", slot, self._devices[slot])
+        return self._devices[slot]
+
+    def _execute(self, task: Task, token: CancelToken, slot: int | None = None) -> Task:
         try:
             app = get_app(task.app)
+            local_slot = 0 if slot is None else slot  # a provider worker taking a local task: worker 0's
+            device = None if app.is_remote else self.device(local_slot)
             raw = dict(task.input)
             local = False
             image = raw.get("image")
@@ -255,7 +270,12 @@ class Runner:
             )
 
         ctx = RunContext(
-            settings=self.settings, storage=self.storage, progress=progress, cancel=token, warm=self.warm
+            settings=self.settings,
+            storage=self.storage,
+            progress=progress,
+            cancel=token,
+            warm=self.warms[min(local_slot, len(self.warms) - 1)],
+            device=device,
         )
         result = run_task(app, task.input, ctx, prepared=prepared, task=task)
         if result.status is TaskStatus.completed and result.output_meta is not None:

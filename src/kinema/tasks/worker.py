@@ -1,9 +1,10 @@
-"""The worker path: validate -> render (a local model, or a remote provider) -> probe -> bill -> store.
+"""The worker path: validate -> engine.generate -> encode (or conform) -> probe -> bill -> store.
 
-Two kinds of app share one tail. A local app (LTX-2) loads its warm engine, generates frames and encodes
-them; a remote app (Google's Veo) has the provider make the video and brings its file onto the contract.
-Either way the MP4 in staging is then probed, billed and stored the same way, so output_meta is always read
-from the delivered file. torch and diffusers are imported only on the local path.
+The app names its engine; the worker only knows the Engine protocol (kinema.engines.base). A local engine
+(LTX-2, Kandinsky 6) generates frames, which are encoded; a provider's engine (Google's Veo) returns its
+file, which is brought onto the contract. Either way the MP4 in staging is then probed, billed and stored
+the same way, so output_meta is always read from the delivered file. torch and diffusers are imported only
+when a local engine loads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,8 +26,10 @@ from kinema.billing.pricing import bill
 from kinema.domain.outputs import ModelRun, OutputMeta, VideoOutput
 from kinema.domain.sizing import describe_size, nearest_aspect_ratio, output_size, plan_frames
 from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus, utcnow
+from kinema.engines import registry
 from kinema.engines.base import (
     CancelToken,
+    Engine,
     GenerationRequest,
     ProgressCallback,
     ProgressEvent,
@@ -34,15 +37,13 @@ from kinema.engines.base import (
 )
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.errors import Cancelled, KinemaError, ProviderBadOutput
+from kinema.media.conform import ContractTarget, UnusableVideo, conform_mp4
 from kinema.media.encode import EncodeOptions, encode_mp4
 from kinema.media.images import ImageLimits, load_image
 from kinema.media.probe import probe_video
 from kinema.settings import Settings
 from kinema.storage.base import Storage
 from kinema.storage.local import is_storage_fault, storage_fault
-
-if TYPE_CHECKING:
-    from kinema.engines.ltx2 import LTX2Engine
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class RunContext:
     cancel: CancelToken = field(default_factory=CancelToken)
     allow_local_paths: bool = False
     warm: WarmModels = WARM_MODELS
+    device: str | None = None  # the worker's own device ("cuda:1"); None: settings decide
 
 
 @dataclass(frozen=True)
@@ -98,84 +100,11 @@ def prepare_input(app: App, raw: Any, settings: Settings, *, allow_local_paths: 
     return PreparedInput(input=validated, image=image, width=width, height=height, aspect_ratio=aspect)
 
 
-def weights_dir(app: App, settings: Settings) -> Path:
-    """The local diffusers directory for an app's weights (building the tiny model if needed)."""
-    from kinema.engines.loading import resolve_weights
-    from kinema.engines.tiny import save_tiny_model
-
-    if app.default_weights is None:
-        raise ValueError(f"{app.id} runs at a provider; it has no weights")
-    source = settings.model_paths.get(app.id, app.default_weights)
-    if source == "builtin:tiny":
-        return save_tiny_model(settings.models_dir / "kinema-tiny")
-    variant = app.sampling.variant if app.sampling is not None else "distilled"
-    return resolve_weights(
-        app.id,
-        source,
-        variant=variant,
-        allow_download=settings.allow_download,
-        cache_dir=settings.hf_cache_dir,
-    )
-
-
-def load_engine(app: App, settings: Settings, warm: WarmModels) -> tuple[LTX2Engine, bool]:
-    """The app's warm engine, loading it (after checking it fits) only the first time."""
-    from kinema.engines.device import check_fits, choose_placement
-    from kinema.engines.ltx2 import LTX2Engine, load_pipeline
-    from kinema.engines.ltx_recipes import LayoutError, plan_local_layout
-    from kinema.errors import ModelNotAvailable
-
-    assert app.sampling is not None, f"{app.id} is not a local app"
-    sampling = app.sampling
-    model_dir = weights_dir(app, settings)
-    placement = choose_placement(settings)
-    key = f"{app.id}|{model_dir}|{sampling.variant}|{placement.key}|{settings.offload}"
-
-    def loader() -> LTX2Engine:
-        try:
-            layout = plan_local_layout(model_dir, sampling.variant)
-        except LayoutError as exc:
-            raise ModelNotAvailable(f"{app.id}: {exc}", details={"weights": str(model_dir)}) from exc
-        folders = {
-            *layout.components,
-            layout.transformer,
-            *(x for x in (layout.upsampler, layout.stage2_lora) if x),
-        }
-        try:
-            text_encoder = check_fits(app.id, model_dir, placement, settings, folders=folders)
-            if placement.device.type == "cuda" and text_encoder == "device":
-                text_encoder = "gpu"
-            loaded = load_pipeline(
-                model_dir,
-                layout,
-                placement,
-                offload=settings.offload,
-                vae_tiling=settings.vae_tiling,
-                text_encoder=text_encoder,
-            )
-        except (OSError, ValueError, RuntimeError) as exc:  # damaged or partial files (safetensors, configs)
-            if isinstance(exc, torch_oom()):
-                raise
-            raise ModelNotAvailable(
-                f"{app.id}: the weights in {model_dir} could not be loaded ({exc}); download them again"
-                f" with `kinema models pull {app.id}`",
-                public_message=f"the weights for {app.id} on this server could not be loaded",
-                details={"weights": str(model_dir)},
-            ) from exc
-        source = settings.model_paths.get(app.id, app.default_weights or "")
-        return LTX2Engine(
-            loaded, sampling, placement, layout=layout, weights=source, text_encoder=text_encoder
-        )
-
-    engine, loaded = warm.get_or_load(key, loader)
-    return engine, loaded
-
-
-def torch_oom() -> type[BaseException]:
-    """torch's out-of-memory error (a RuntimeError that must not pass as damaged weights)."""
-    import torch
-
-    return torch.OutOfMemoryError
+def load_engine(
+    app: App, settings: Settings, warm: WarmModels, device: str | None = None
+) -> tuple[Engine, bool]:
+    """The app's warm engine on this worker's device, and whether it was loaded now."""
+    return registry.load_engine(app.id, app.engine, settings, warm, device)
 
 
 def _checked(frames: Iterable[np.ndarray], cancel: CancelToken) -> Iterator[np.ndarray]:
@@ -226,8 +155,7 @@ def _run(app: App, prepared: PreparedInput, ctx: RunContext, task: Task) -> Task
     try:
         begun = time.perf_counter()
         staging = ctx.storage.staging_file(".mp4")
-        render = _render_remote if app.is_remote else _render_local
-        rendered = render(app, prepared, ctx, report, staging)
+        rendered = _render(app, prepared, ctx, report, staging)
         ctx.cancel.raise_if_cancelled()
         task.output, task.output_meta = _deliver(app, ctx, task, staging, rendered, report, begun)
         staging = None  # stored: nothing to discard
@@ -316,92 +244,70 @@ def encode_options(settings: Settings, *, hardware: bool) -> EncodeOptions:
     )
 
 
-def _render_local(
+def _render(
     app: App, prepared: PreparedInput, ctx: RunContext, report: ProgressCallback, staging: Path
 ) -> Rendered:
-    """LTX-2 on this machine: the warm engine generates frames (and audio), encoded into staging."""
+    """The app's engine makes the clip; frames are encoded (or a provider's file conformed) into staging."""
     begun = time.perf_counter()
-    report(ProgressEvent("load"))
-    engine, _ = load_engine(app, ctx.settings, ctx.warm)
-    timings = {"load": time.perf_counter() - begun}
+    timings: dict[str, float] = {}
+    if not app.is_remote:
+        report(ProgressEvent("load"))
+    engine, _ = load_engine(app, ctx.settings, ctx.warm, ctx.device)
+    if not app.is_remote:
+        timings["load"] = time.perf_counter() - begun
     ctx.cancel.raise_if_cancelled()
 
-    request = GenerationRequest(
-        prompt=prepared.input.prompt,
-        negative_prompt=prepared.input.negative_prompt,
-        image=prepared.image,
-        width=prepared.width,
-        height=prepared.height,
-        frames=plan_frames(prepared.input.duration, app.fps, engine.temporal_multiple),
-        generate_audio=prepared.input.generate_audio,
-        seed=prepared.input.seed if prepared.input.seed is not None else secrets.randbelow(2**32),
-    )
-    clip = engine.generate(request, report, ctx.cancel)
-    timings.update(clip.timings)
-    model = clip.model
-
-    report(ProgressEvent("encode"))
-    started = time.perf_counter()
-    encode_mp4(
-        staging,
-        _checked(clip.frames, ctx.cancel),
-        width=clip.width,
-        height=clip.height,
-        fps=clip.fps,
-        audio=clip.audio,
-        sample_rate=clip.sample_rate,
-        options=encode_options(ctx.settings, hardware=engine.placement.device.type == "cuda"),
-    )
-    timings["encode"] = time.perf_counter() - started
-    return Rendered(seed=clip.seed, timings=timings, model=model)
-
-
-def _render_remote(
-    app: App, prepared: PreparedInput, ctx: RunContext, report: ProgressCallback, staging: Path
-) -> Rendered:
-    """A provider makes the video with the user's key; its file is brought onto the contract in staging."""
-    from kinema.apps.veo import google_api
-    from kinema.engines.veo import VeoClient, VeoConfig, VeoRequest
-    from kinema.media.conform import ContractTarget, UnusableVideo, conform_mp4
-
-    assert app.remote is not None and app.remote.provider == "google", f"no remote engine for {app.id}"
-    settings, validated = ctx.settings, prepared.input
-    # Vertex AI takes a seed, so one is always chosen and reported; the Gemini API takes none.
-    seed = None
-    if google_api(settings) == "vertex":
-        seed = validated.seed if validated.seed is not None else secrets.randbelow(2**32)
-    request = VeoRequest(
-        model=app.remote.model_id(app.id, settings),
-        prompt=validated.prompt,
-        negative_prompt=validated.negative_prompt,
-        image=prepared.image,
-        width=prepared.width,
-        height=prepared.height,
-        aspect_ratio=prepared.aspect_ratio,
-        resolution=validated.resolution,
-        duration_seconds=round(validated.duration),
-        generate_audio=validated.generate_audio,
-        seed=seed,
-    )
-    download = ctx.storage.staging_file(".provider.mp4")
+    validated = prepared.input
+    download = ctx.storage.staging_file(".provider.mp4") if app.is_remote else None
     try:
-        with VeoClient(VeoConfig.from_settings(settings)) as client:
-            result = client.generate(request, download, report, ctx.cancel)
-        ctx.cancel.raise_if_cancelled()
-        report(ProgressEvent("encode"))
-        started = time.perf_counter()
-        want = ContractTarget(
+        request = GenerationRequest(
+            prompt=validated.prompt,
+            negative_prompt=validated.negative_prompt,
+            image=prepared.image,
             width=prepared.width,
             height=prepared.height,
+            frames=plan_frames(validated.duration, app.fps, engine.frame_multiple),
+            generate_audio=validated.generate_audio,
+            seed=validated.seed if validated.seed is not None else secrets.randbelow(2**32),
+            resolution=validated.resolution,
+            aspect_ratio=prepared.aspect_ratio,
             duration=validated.duration,
-            audio=validated.generate_audio,
+            download_to=download,
         )
-        try:
-            done = conform_mp4(download, staging, want, encode_options(settings, hardware=False))
-        except UnusableVideo as exc:
-            raise ProviderBadOutput(f"Google's video is unusable: {exc}") from exc
-        timings = {**result.timings, "encode": time.perf_counter() - started}
-        log.info("veo: operation %s delivered (%s, %d polls)", result.operation, done, result.polls)
-        return Rendered(seed=seed, timings=timings)
+        clip = engine.generate(request, report, ctx.cancel)
+        timings.update(clip.timings)
+        ctx.cancel.raise_if_cancelled()
+
+        report(ProgressEvent("encode"))
+        started = time.perf_counter()
+        options = encode_options(ctx.settings, hardware=engine.device.startswith("cuda"))
+        if clip.video_file is not None:
+            want = ContractTarget(
+                width=prepared.width,
+                height=prepared.height,
+                duration=validated.duration,
+                audio=validated.generate_audio,
+            )
+            try:
+                done = conform_mp4(clip.video_file, staging, want, options)
+            except UnusableVideo as exc:
+                raise ProviderBadOutput(f"the provider's video is unusable: {exc}") from exc
+            log.info("%s: the provider's video delivered (%s)", app.id, done)
+        elif clip.frames is not None:
+            encode_mp4(
+                staging,
+                _checked(clip.frames, ctx.cancel),
+                width=clip.width,
+                height=clip.height,
+                fps=clip.fps,
+                audio=clip.audio,
+                sample_rate=clip.sample_rate,
+                options=options,
+            )
+        else:
+            raise ValueError(f"{app.id}: its engine returned neither frames nor a video file")
+        timings["encode"] = time.perf_counter() - started
+        return Rendered(seed=clip.seed, timings=timings, model=clip.model)
     finally:
-        ctx.storage.discard(download)
+        if download is not None:
+            ctx.storage.discard(download)
