@@ -394,3 +394,55 @@ def test_cancel_stops_the_chunked_video_decode(engines: dict[str, Kandinsky6Engi
     finally:
         handle.remove()
     assert decoded == []  # 7 latent frames decode in chunks; none ran after the cancel
+
+
+# --- the whole worker path -------------------------------------------------------------------------------
+
+
+def test_the_fast_app_runs_through_the_worker_to_an_exact_mp4_with_audio(
+    repos: dict[str, Path], tmp_path: Path
+) -> None:
+    from kinema.apps.registry import KANDINSKY6_FAST
+    from kinema.domain.tasks import TaskStatus
+    from kinema.storage.local import LocalStorage
+    from kinema.tasks.worker import RunContext, run_task
+    from tests.conftest import assert_mp4, png_data_uri, streams
+
+    data_dir = tmp_path / "data"
+    (data_dir / "models").mkdir(parents=True)
+    (data_dir / "models" / "kinema-tiny-kandinsky6").symlink_to(repos["distilled"], target_is_directory=True)
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=data_dir,
+        device="cpu",
+        model_paths={KANDINSKY6_FAST.id: "builtin:tiny-kandinsky6"},
+        _env_file=None,
+    )
+    # The fast app as registered, generating at a CPU-sized 96x48 instead of about 864x480.
+    small = dataclasses.replace(KANDINSKY6_PRO_DISTILL, max_pixels=96 * 54)
+    app = dataclasses.replace(
+        KANDINSKY6_FAST, engine=dataclasses.replace(KANDINSKY6_FAST.engine, options=small)
+    )
+    events: list[ProgressEvent] = []
+    ctx = RunContext(
+        settings=settings,
+        storage=LocalStorage(settings.outputs_dir),
+        progress=events.append,
+        warm=WarmModels(capacity=1),
+        allow_local_paths=True,
+    )
+    raw = {"prompt": "waves on a beach", "image": png_data_uri(320, 180), "generate_audio": True, "seed": 3}
+    task = run_task(app, {**raw, "duration": 1.0}, ctx)
+
+    assert task.status is TaskStatus.completed, task.error
+    path = settings.outputs_dir / f"{task.id}.mp4"
+    info = assert_mp4(path, width=1280, height=720, duration=1.0, fps=24, audio=True)
+    (track,) = streams(info, "audio")
+    assert track["codec_name"] == "aac"
+    meta = task.output_meta
+    assert meta is not None and meta.model is not None
+    assert (meta.frames, meta.has_audio, meta.seed) == (24, True, 3)
+    assert (meta.model.variant, meta.model.upscale) == ("distilled", "resize+crop")
+    assert [(s.width, s.height, s.steps, s.guidance_scale) for s in meta.model.stages] == [(96, 48, 10, 1.0)]
+    assert meta.billing.rate_per_second == "0.20" and meta.billing.cost == "0.20"
+    seen = [e.stage for e in events]
+    assert sorted(set(seen), key=seen.index) == list(app.stages)

@@ -29,6 +29,7 @@ Sources, cited per value below:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -170,20 +171,22 @@ def default_options(variant: Variant) -> Kandinsky6Options:
 
 
 def load_engine(
-    spec: EngineSpec, model_dir: Path | None, settings: Settings, device: str | None
+    app_id: str, spec: EngineSpec, model_dir: Path | None, settings: Settings, device: str | None
 ) -> Kandinsky6Engine:
     """A Kandinsky 6 engine on the worker's device, after checking the weights hold the variant and fit."""
     from kinema.engines.device import check_fits, choose_placement
+    from kinema.engines.loading import is_local_source
 
-    if model_dir is None:
-        raise ValueError("Kandinsky 6 runs from local weights; the loader needs their directory")
+    assert model_dir is not None, "Kandinsky 6 runs from local weights"
     variant = as_variant(spec.variant)
     files = [str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()]
     plan = KANDINSKY6_WEIGHTS.plan(model_dir, files, variant)
     options = spec.options if isinstance(spec.options, Kandinsky6Options) else default_options(variant)
     placement = choose_placement(settings, device)
     folders = set(pipeline_components(read_json(model_dir / "model_index.json")))
-    text_encoder = check_fits(spec.weights or str(model_dir), model_dir, placement, settings, folders=folders)
+    weights = spec.weights or str(model_dir)
+    name = model_dir.name if is_local_source(weights) else weights  # no server paths in public messages
+    text_encoder = check_fits(name, model_dir, placement, settings, folders=folders)
     if placement.device.type == "cuda" and text_encoder == "device":
         text_encoder = "gpu"
     pipe = load_pipeline(model_dir, placement, settings, text_encoder=text_encoder)
@@ -193,7 +196,7 @@ def load_engine(
         placement,
         variant=variant,
         generation=plan.generation or "6.0",
-        weights=spec.weights or str(model_dir),
+        weights=weights,
         text_encoder=text_encoder,
     )
 
@@ -292,6 +295,9 @@ class Kandinsky6Engine:
         if text_encoder == "cpu":
             self.fallbacks.append("text encoders kept on the CPU: the GPU cannot hold every component")
         self._embeddings: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
+        # One request at a time per engine: a run stands a cached encoding in for the pipeline's
+        # encode_prompt. Each local worker owns its engine, so this only orders callers that share one.
+        self._generate_lock = threading.Lock()
         self._decode_cancel: CancelToken | None = None
         self.pipe.vae.decoder.register_forward_pre_hook(self._check_decode_cancel)
         self.calls: list[dict[str, Any]] = []  # the last request's pipeline calls, for tests and output_meta
@@ -327,6 +333,12 @@ class Kandinsky6Engine:
         self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
     ) -> GeneratedClip:
         """Encode the prompt, denoise video and audio latents together, then decode them."""
+        with self._generate_lock:
+            return self._generate(request, progress, cancel)
+
+    def _generate(
+        self, request: GenerationRequest, progress: ProgressCallback, cancel: CancelToken
+    ) -> GeneratedClip:
         import torch
 
         from kinema.media.frames import fit_audio, iter_output_frames

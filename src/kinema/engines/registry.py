@@ -68,6 +68,7 @@ FAMILIES: dict[str, EngineFamily] = {
                 "tiny-kandinsky6": "kinema.engines.kandinsky6_tiny:save_tiny_kandinsky6",
                 "tiny-kandinsky6-full": "kinema.engines.kandinsky6_tiny:save_tiny_kandinsky6_full",
             },
+            model_name="Kandinsky {generation}",
         ),
         EngineFamily(
             name="veo",
