@@ -25,6 +25,7 @@ from kinema.engines import registry
 from kinema.engines.base import CancelToken, EngineSpec, GenerationRequest, LayoutError, ProgressEvent
 from kinema.engines.cache import WarmModels
 from kinema.engines.kandinsky6 import (
+    AUDIO_SAMPLE_RATE,
     KANDINSKY6_PRO,
     KANDINSKY6_PRO_DISTILL,
     KANDINSKY6_WEIGHTS,
@@ -215,7 +216,7 @@ def test_weights_plan_takes_every_pipeline_folder_and_nothing_else(
 @pytest.mark.parametrize(("repo", "wrong"), [("pro-distill", "full"), ("pro", "distilled")])
 def test_weights_plan_refuses_the_other_variants_repo(tmp_path: Path, repo: str, wrong: str) -> None:
     model_dir, files = real_layout(tmp_path, repo)
-    with pytest.raises(LayoutError, match=r"Kandinsky-6\.0"):
+    with pytest.raises(LayoutError, match=r"not the (full|distilled) one: point the app at a"):
         KANDINSKY6_WEIGHTS.plan(model_dir, files, wrong)
     with pytest.raises(LayoutError, match="no 'fast' variant"):
         KANDINSKY6_WEIGHTS.plan(model_dir, files, "fast")
@@ -226,9 +227,10 @@ def test_weights_identify_only_kandinsky6_directories(tmp_path: Path, repos: dic
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "LTX2Pipeline"}))
     assert KANDINSKY6_WEIGHTS.identify(tmp_path) is None
     assert registry.identify_model(repos["full"]) == ("kandinsky6", "6.0")
-    # bf16 Pro: a 30B transformer plus Qwen2.5-VL 7B and the small parts.
-    assert 75e9 < KANDINSKY6_WEIGHTS.estimate_bytes("6.0 Pro", "distilled") < 80e9
-    assert KANDINSKY6_WEIGHTS.estimate_bytes("6.0 Lite", "full") < 25e9
+    # Published sizes: the Pro-distill transformer 60.3 GB, the full one 69.7 GB, the whole Lite repo 35.3 GB.
+    assert KANDINSKY6_WEIGHTS.estimate_bytes("6.0 Pro", "distilled") == pytest.approx(89.25e9)
+    assert KANDINSKY6_WEIGHTS.estimate_bytes(None, "full") == pytest.approx(98.65e9)
+    assert KANDINSKY6_WEIGHTS.estimate_bytes("6.0 Lite", "full") == pytest.approx(35.3e9)
 
 
 def test_tiny_repo_keeps_the_real_layout_and_structural_options(repos: dict[str, Path]) -> None:
@@ -270,7 +272,7 @@ def test_loads_through_the_registry_from_the_model_paths_directory(
     assert type(engine.pipe.scheduler).__name__ == "PiflowScheduler"
     assert type(engines["full"].pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     assert (engine.frame_multiple, engine.size_multiple) == (4, 16)
-    assert (engine.device, engine.audio_sample_rate) == ("cpu", 44100)
+    assert (engine.device, engine.audio_sample_rate) == ("cpu", AUDIO_SAMPLE_RATE)
 
 
 def test_a_fast_app_pointed_at_full_weights_is_model_not_available(settings: Settings) -> None:

@@ -85,8 +85,17 @@ KANDINSKY6_PRO_DISTILL = Kandinsky6Options(steps=10, guidance_scale=1.0)
 # Parameter counts (diffusers 0.42.1 / transformers 5.24 models built from the configs in kandinsky6_configs
 # on the meta device): transformer 30.14B (Pro; [R] "29B"), 3.18B (Lite; [R] "3B"); Qwen2.5-VL-7B 8.29B;
 # CLIP-L text 0.12B; video VAE 0.25B; audio VAE 0.31B; vocoder 0.12B.
-TRANSFORMER_PARAMS = {"6.0 Pro": 30.14e9, "6.0 Lite": 3.18e9}
-OTHER_PARAMS = 8.29e9 + 0.12e9 + 0.25e9 + 0.31e9 + 0.12e9
+# Download sizes as published: the Pro transformer is "30.1B parameters, 60.3 GB all-BF16" in the distilled
+# repo and 69.7 GB in the full one, "mixed dtype: 18.9 GB of its 69.7 GB on disk is FP32" (a vllm-omni
+# serving script for Kandinsky-6.0-Pro-5s); the whole Lite-5s repo is 35.3 GB (its model-card summary), so
+# everything but the transformer (text encoders, VAEs, vocoder, tokenizers) is about 35.3 - 6.35 GB.
+TRANSFORMER_BYTES: dict[tuple[str, Variant], float] = {
+    ("6.0 Pro", "distilled"): 60.3e9,
+    ("6.0 Pro", "full"): 69.7e9,
+    ("6.0 Lite", "distilled"): 6.35e9,
+    ("6.0 Lite", "full"): 6.35e9,
+}
+SHARED_BYTES = 35.3e9 - 6.35e9
 
 
 # --- weights ---------------------------------------------------------------------------------------------
@@ -108,8 +117,8 @@ def detect_variant(configs: dict[str, dict[str, Any]]) -> Variant:
 
 
 def detect_generation(configs: dict[str, dict[str, Any]]) -> str:
-    """ "6.0 Pro" or "6.0 Lite" from the transformer's width (the two share every structural option), else
-    "6.0" (a scaled-down test model)."""
+    """The generation, "6.0 Pro" or "6.0 Lite", from the transformer's width (the two share every structural
+    option); "6.0" for any other width (a scaled-down test model)."""
     width = configs.get("transformer", {}).get("model_dim")
     return {4096: "6.0 Pro", 1792: "6.0 Lite"}.get(width, "6.0") if isinstance(width, int) else "6.0"
 
@@ -139,19 +148,18 @@ class Kandinsky6Weights:
         configs = read_configs(model_dir) if model_dir.is_dir() else {}
         found = detect_variant(configs)
         if found != wanted:
-            hint = "the fast app takes the -distill- repos" if wanted == "distilled" else "the quality app"
+            repo = "a -distill- repo" if wanted == "distilled" else "a repo without -distill- in its name"
             raise LayoutError(
-                f"these Kandinsky 6 weights are the {found} model, not the {wanted} one ({hint}: point"
-                " the app at the matching Kandinsky-6.0-*-Diffusers repo)"
+                f"these Kandinsky 6 weights are the {found} model, not the {wanted} one: point the app at"
+                f" {repo} (kandinskylab/Kandinsky-6.0-*-Diffusers)"
             )
         folders = set(pipeline_components(index))
         needed = [p for p in files if p == "model_index.json" or p.partition("/")[0] in folders]
         return WeightsPlan(needed=tuple(needed), generation=detect_generation(configs))
 
     def estimate_bytes(self, generation: str | None, variant: str) -> int:
-        # bf16 weights; the full Pro repo stores some tensors in fp32 (about 70 GB for its transformer).
-        transformer = TRANSFORMER_PARAMS.get(generation or "", TRANSFORMER_PARAMS["6.0 Pro"])
-        return int((transformer + OTHER_PARAMS) * 2)
+        known = generation if generation in ("6.0 Pro", "6.0 Lite") else "6.0 Pro"
+        return int(TRANSFORMER_BYTES[(known, as_variant(variant))] + SHARED_BYTES)
 
     def identify(self, model_dir: Path) -> str | None:
         if read_json(model_dir / "model_index.json").get("_class_name") != PIPELINE_CLASS:
