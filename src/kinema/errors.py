@@ -74,11 +74,6 @@ class Cancelled(KinemaError):
     status = 409
 
 
-class GenerationFailed(KinemaError):
-    code = "generation_failed"
-    status = 500
-
-
 class StorageError(KinemaError):
     """Storage cannot take the file now: read-only, full, or otherwise failing (507 Insufficient Storage)."""
 
@@ -142,11 +137,6 @@ class PayloadTooLarge(KinemaError):
 class UnsupportedMediaType(KinemaError):
     code = "unsupported_media_type"
     status = 415
-
-
-class ServiceUnavailable(KinemaError):
-    code = "unavailable"
-    status = 503
 
 
 class InsufficientBalance(KinemaError):

@@ -230,8 +230,3 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
-
-
-def get_settings() -> Settings:
-    """A fresh Settings from the current environment."""
-    return Settings()

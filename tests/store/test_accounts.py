@@ -14,22 +14,22 @@ from kinema.billing.pricing import to_micros
 from kinema.domain.outputs import Billing, OutputMeta
 from kinema.domain.tasks import TaskError, TaskStatus, utcnow
 from kinema.errors import Conflict, InsufficientBalance, NotFound
+from kinema.store import Store
 from kinema.store.db import migrate, open_engine
-from kinema.store.repo import TaskStore
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[TaskStore]:
+def store(database_url: str) -> Iterator[Store]:
     engine = open_engine(database_url)
     migrate(engine)
-    yield TaskStore(engine)
+    yield Store(engine)
     engine.dispose()
 
 
 @pytest.fixture
-def alice(store: TaskStore) -> str:
-    user = store.create_user("alice")
-    store.credit(user.id, to_micros("2.00"), note="welcome")
+def alice(store: Store) -> str:
+    user = store.accounts.create_user("alice")
+    store.accounts.credit(user.id, to_micros("2.00"), note="welcome")
     return user.id
 
 
@@ -41,55 +41,59 @@ def meta(cost: str) -> OutputMeta:
     )  # fmt: skip
 
 
-def complete(store: TaskStore, task_id: str, cost: str) -> bool:
-    task = store.get_task(task_id)
+def complete(store: Store, task_id: str, cost: str) -> bool:
+    task = store.tasks.get(task_id)
     task.status, task.output_meta = TaskStatus.completed, meta(cost)
-    return store.finish(task)
+    return store.tasks.finish(task)
 
 
-def test_hold_charge_and_release_give_the_right_balance(store: TaskStore, alice: str) -> None:
-    task = store.create_task(
+def test_hold_charge_and_release_give_the_right_balance(store: Store, alice: str) -> None:
+    task = store.tasks.submit(
         owner=alice, app="kinema/tiny", version="1", input={}, hold_micros=to_micros("1.25")
-    )
-    summary = store.account(alice)
+    ).task
+    summary = store.accounts.summary(alice)
     assert summary.balance.balance_micros == to_micros("2.00")
     assert summary.balance.held_micros == to_micros("1.25")
     assert summary.balance.available_micros == to_micros("0.75")
-    store.claim_next("w")
+    store.tasks.claim_next("w")
     assert complete(store, task.id, "1.25")
-    summary = store.account(alice)
+    summary = store.accounts.summary(alice)
     assert summary.balance.balance_micros == to_micros("0.75")
     assert summary.balance.held_micros == 0
     (usage,) = summary.usage
     assert (usage.app, usage.tasks, usage.cost_micros) == ("kinema/tiny", 1, to_micros("1.25"))
     assert usage.day == utcnow().date().isoformat()
-    kinds = [e["kind"] for e in store.ledger_entries(alice)]
+    kinds = [e["kind"] for e in store.accounts.ledger_entries(alice)]
     assert kinds == ["credit", "hold", "release", "charge"]
 
 
-def test_insufficient_balance_is_402_with_amounts_and_nothing_is_queued(store: TaskStore, alice: str) -> None:
+def test_insufficient_balance_is_402_with_amounts_and_nothing_is_queued(store: Store, alice: str) -> None:
     with pytest.raises(InsufficientBalance) as raised:
-        store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("2.000001"))
+        store.tasks.submit(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("2.000001"))
     assert raised.value.status == 402
     assert raised.value.details == {"needed": "2.000001", "available": "2.00", "currency": "USD"}
-    assert store.list_tasks(owner=alice).tasks == []
-    assert [e["kind"] for e in store.ledger_entries(alice)] == ["credit"]
+    assert store.tasks.page(owner=alice).tasks == []
+    assert [e["kind"] for e in store.accounts.ledger_entries(alice)] == ["credit"]
 
 
-def test_failed_and_cancelled_tasks_cost_nothing(store: TaskStore, alice: str) -> None:
-    queued = store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5"))
-    running = store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5"))
-    store.request_cancel(queued.id, owner=alice)
-    claimed = store.claim_next("w")  # the first queued one is gone; this is `running`
+def test_failed_and_cancelled_tasks_cost_nothing(store: Store, alice: str) -> None:
+    queued = store.tasks.submit(
+        owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5")
+    ).task
+    running = store.tasks.submit(
+        owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5")
+    ).task
+    store.tasks.request_cancel(queued.id, owner=alice)
+    claimed = store.tasks.claim_next("w")  # the first queued one is gone; this is `running`
     assert claimed is not None and claimed.id == running.id
     claimed.status, claimed.error = TaskStatus.failed, TaskError(code="x", message="boom")
-    assert store.finish(claimed)
-    summary = store.account(alice)
+    assert store.tasks.finish(claimed)
+    summary = store.accounts.summary(alice)
     assert summary.balance.balance_micros == to_micros("2.00") and summary.balance.held_micros == 0
     assert summary.usage == []
 
 
-def test_completion_and_cancel_racing_charge_exactly_once(store: TaskStore, alice: str) -> None:
+def test_completion_and_cancel_racing_charge_exactly_once(store: Store, alice: str) -> None:
     def finish(task_id: str, barrier: threading.Barrier) -> None:
         barrier.wait()
         complete(store, task_id, "0.1")
@@ -97,29 +101,31 @@ def test_completion_and_cancel_racing_charge_exactly_once(store: TaskStore, alic
     def cancel(task_id: str, barrier: threading.Barrier) -> None:
         barrier.wait()
         with contextlib.suppress(Conflict):
-            store.request_cancel(task_id, owner=alice)
+            store.tasks.request_cancel(task_id, owner=alice)
 
     for _ in range(5):
-        task = store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.1"))
-        store.claim_next("w")
+        task = store.tasks.submit(
+            owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.1")
+        ).task
+        store.tasks.claim_next("w")
         barrier = threading.Barrier(3)
         threads = [threading.Thread(target=f, args=(task.id, barrier)) for f in (finish, finish, cancel)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    charges = [e for e in store.ledger_entries(alice) if e["kind"] == "charge"]
+    charges = [e for e in store.accounts.ledger_entries(alice) if e["kind"] == "charge"]
     assert len(charges) == 5 and len({c["task_id"] for c in charges}) == 5
-    assert store.account(alice).balance.balance_micros == to_micros("1.5")
+    assert store.accounts.summary(alice).balance.balance_micros == to_micros("1.5")
 
 
-def test_concurrent_holds_never_overdraw(store: TaskStore, alice: str) -> None:
+def test_concurrent_holds_never_overdraw(store: Store, alice: str) -> None:
     results: list[bool] = []
     lock = threading.Lock()
 
     def submit() -> None:
         try:
-            store.create_task(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5"))
+            store.tasks.submit(owner=alice, app="a", version="1", input={}, hold_micros=to_micros("0.5"))
             ok = True
         except InsufficientBalance:
             ok = False
@@ -132,46 +138,50 @@ def test_concurrent_holds_never_overdraw(store: TaskStore, alice: str) -> None:
     for thread in threads:
         thread.join()
     assert results.count(True) == 4  # 2.00 / 0.50
-    assert store.account(alice).balance.available_micros == 0
+    assert store.accounts.summary(alice).balance.available_micros == 0
 
 
-def test_idempotency_key_returns_the_same_task_and_refuses_a_different_body(store: TaskStore) -> None:
-    first = store.submit(
+def test_idempotency_key_returns_the_same_task_and_refuses_a_different_body(store: Store) -> None:
+    first = store.tasks.submit(
         owner="u", app="a", version="1", input={"p": 1}, idempotency_key="k", request_hash="h1"
     )
-    again = store.submit(
+    again = store.tasks.submit(
         owner="u", app="a", version="1", input={"p": 1}, idempotency_key="k", request_hash="h1"
     )
     assert again.replayed and again.task.id == first.task.id
     with pytest.raises(Conflict):
-        store.submit(owner="u", app="a", version="1", input={"p": 2}, idempotency_key="k", request_hash="h2")
-    other_owner = store.submit(
+        store.tasks.submit(
+            owner="u", app="a", version="1", input={"p": 2}, idempotency_key="k", request_hash="h2"
+        )
+    other_owner = store.tasks.submit(
         owner="v", app="a", version="1", input={}, idempotency_key="k", request_hash="h1"
     )
     assert not other_owner.replayed and other_owner.task.id != first.task.id
 
 
-def test_expired_idempotency_key_makes_a_new_task(store: TaskStore) -> None:
-    first = store.submit(owner="u", app="a", version="1", input={}, idempotency_key="k", idempotency_ttl_s=1,
-                         request_hash="h")  # fmt: skip
+def test_expired_idempotency_key_makes_a_new_task(store: Store) -> None:
+    first = store.tasks.submit(owner="u", app="a", version="1", input={}, idempotency_key="k",
+                               idempotency_ttl_s=1, request_hash="h")  # fmt: skip
     from sqlalchemy import update
 
     from kinema.store.schema import IdempotencyKeyRow
 
-    with store.session() as session:
+    with store.db.session() as session:
         session.execute(update(IdempotencyKeyRow).values(expires_at=utcnow() - timedelta(seconds=1)))
-    second = store.submit(owner="u", app="a", version="1", input={}, idempotency_key="k", request_hash="h")
+    second = store.tasks.submit(
+        owner="u", app="a", version="1", input={}, idempotency_key="k", request_hash="h"
+    )
     assert not second.replayed and second.task.id != first.task.id
 
 
-def test_concurrent_idempotent_submissions_create_one_task(store: TaskStore) -> None:
+def test_concurrent_idempotent_submissions_create_one_task(store: Store) -> None:
     ids: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(6)
 
     def submit() -> None:
         barrier.wait()
-        result = store.submit(
+        result = store.tasks.submit(
             owner="u", app="a", version="1", input={}, idempotency_key="same", request_hash="h"
         )
         with lock:
@@ -183,95 +193,97 @@ def test_concurrent_idempotent_submissions_create_one_task(store: TaskStore) -> 
     for thread in threads:
         thread.join()
     assert len(set(ids)) == 1
-    assert len(store.list_tasks(owner="u").tasks) == 1
+    assert len(store.tasks.page(owner="u").tasks) == 1
 
 
-def test_deadline_cancels_queued_and_flags_running_tasks(store: TaskStore) -> None:
+def test_deadline_cancels_queued_and_flags_running_tasks(store: Store) -> None:
     past = utcnow() - timedelta(seconds=1)
-    running = store.create_task(owner="u", app="a", version="1", input={}, deadline_at=past)
-    queued = store.create_task(owner="u", app="a", version="1", input={}, deadline_at=past)
-    later = store.create_task(
+    running = store.tasks.submit(owner="u", app="a", version="1", input={}, deadline_at=past).task
+    queued = store.tasks.submit(owner="u", app="a", version="1", input={}, deadline_at=past).task
+    later = store.tasks.submit(
         owner="u", app="a", version="1", input={}, deadline_at=utcnow() + timedelta(hours=1)
-    )
-    store.claim_next("w")
-    assert sorted(store.expire_deadlines()) == sorted([running.id, queued.id])
-    ended = store.get_task(queued.id)
+    ).task
+    store.tasks.claim_next("w")
+    assert sorted(store.tasks.expire_deadlines()) == sorted([running.id, queued.id])
+    ended = store.tasks.get(queued.id)
     assert ended.status is TaskStatus.cancelled and ended.error is not None
     assert ended.error.code == "deadline_exceeded"
-    assert store.cancel_requested([running.id]) == {running.id}
-    task = store.get_task(running.id)
+    assert store.tasks.cancel_requested([running.id]) == {running.id}
+    task = store.tasks.get(running.id)
     task.status, task.error = TaskStatus.cancelled, TaskError(code="cancelled", message="stopped")
-    assert store.finish(task)
-    finished = store.get_task(running.id)
+    assert store.tasks.finish(task)
+    finished = store.tasks.get(running.id)
     assert finished.error is not None and finished.error.code == "deadline_exceeded"
-    assert store.get_task(later.id).status is TaskStatus.queued
-    assert store.expire_deadlines() == []
+    assert store.tasks.get(later.id).status is TaskStatus.queued
+    assert store.tasks.expire_deadlines() == []
 
 
-def test_running_cap_per_account_keeps_extra_tasks_queued(store: TaskStore) -> None:
-    a1 = store.create_task(owner="a", app="x", version="1", input={})
-    a2 = store.create_task(owner="a", app="x", version="1", input={})
-    b1 = store.create_task(owner="b", app="x", version="1", input={})
-    first = store.claim_next("w1", max_running_per_owner=1)
-    second = store.claim_next("w2", max_running_per_owner=1)
+def test_running_cap_per_account_keeps_extra_tasks_queued(store: Store) -> None:
+    a1 = store.tasks.submit(owner="a", app="x", version="1", input={}).task
+    a2 = store.tasks.submit(owner="a", app="x", version="1", input={}).task
+    b1 = store.tasks.submit(owner="b", app="x", version="1", input={}).task
+    first = store.tasks.claim_next("w1", max_running_per_owner=1)
+    second = store.tasks.claim_next("w2", max_running_per_owner=1)
     assert first is not None and first.id == a1.id
     assert second is not None and second.id == b1.id  # a2 waits: a already runs one
-    assert store.claim_next("w3", max_running_per_owner=1) is None
+    assert store.tasks.claim_next("w3", max_running_per_owner=1) is None
     first.status = TaskStatus.failed
-    store.finish(first)
-    third = store.claim_next("w3", max_running_per_owner=1)
+    store.tasks.finish(first)
+    third = store.tasks.claim_next("w3", max_running_per_owner=1)
     assert third is not None and third.id == a2.id
 
 
-def test_webhooks_are_queued_for_the_chosen_events_only(store: TaskStore) -> None:
-    task = store.create_task(
+def test_webhooks_are_queued_for_the_chosen_events_only(store: Store) -> None:
+    task = store.tasks.submit(
         owner="u", app="a", version="1", input={}, webhook_url="https://example.com/hook",
         webhook_events=["start", "completed"],
-    )  # fmt: skip
-    claimed = store.claim_next("w")
+    ).task  # fmt: skip
+    claimed = store.tasks.claim_next("w")
     assert claimed is not None
     from kinema.domain.tasks import TaskProgress
 
-    store.set_progress(task.id, TaskProgress(stage="denoise", step=1, total=8))
+    store.tasks.set_progress(task.id, TaskProgress(stage="denoise", step=1, total=8))
     claimed.status = TaskStatus.completed
-    store.finish(claimed)
-    deliveries = store.task_webhooks(task.id, owner="u")
+    store.tasks.finish(claimed)
+    deliveries = store.webhooks.for_task(task.id, owner="u")
     assert [d.event for d in deliveries] == ["start", "completed"]
     assert all(d.status == "pending" and d.url == "https://example.com/hook" for d in deliveries)
-    assert {d.id for d in store.due_webhooks()} == {d.id for d in deliveries}
+    assert {d.id for d in store.webhooks.due()} == {d.id for d in deliveries}
     with pytest.raises(NotFound):
-        store.task_webhooks(task.id, owner="someone-else")
+        store.webhooks.for_task(task.id, owner="someone-else")
 
 
-def test_webhook_attempts_back_off_then_give_up(store: TaskStore) -> None:
-    task = store.create_task(owner="u", app="a", version="1", input={}, webhook_url="https://example.com/h")
-    store.claim_next("w")
-    (delivery,) = store.due_webhooks()
-    store.record_webhook_attempt(delivery.id, status_code=500, error=None, duration_ms=3, delivered=False,
-                                 retry_delays_s=[60, 60])  # fmt: skip
-    assert store.due_webhooks() == []  # next attempt is a minute away
-    (pending,) = store.task_webhooks(task.id, owner="u")
+def test_webhook_attempts_back_off_then_give_up(store: Store) -> None:
+    task = store.tasks.submit(
+        owner="u", app="a", version="1", input={}, webhook_url="https://example.com/h"
+    ).task
+    store.tasks.claim_next("w")
+    (delivery,) = store.webhooks.due()
+    store.webhooks.record_attempt(delivery.id, status_code=500, error=None, duration_ms=3, delivered=False,
+                                  retry_delays_s=[60, 60])  # fmt: skip
+    assert store.webhooks.due() == []  # next attempt is a minute away
+    (pending,) = store.webhooks.for_task(task.id, owner="u")
     assert pending.attempts == 1 and pending.next_attempt_at is not None
     for _ in range(2):
-        store.record_webhook_attempt(delivery.id, status_code=None, error="refused", duration_ms=1,
-                                     delivered=False, retry_delays_s=[60, 60])  # fmt: skip
-    (gave_up,) = store.task_webhooks(task.id, owner="u")
+        store.webhooks.record_attempt(delivery.id, status_code=None, error="refused", duration_ms=1,
+                                      delivered=False, retry_delays_s=[60, 60])  # fmt: skip
+    (gave_up,) = store.webhooks.for_task(task.id, owner="u")
     assert gave_up.status == "failed" and [a.attempt for a in gave_up.history] == [1, 2, 3]
 
 
-def test_keys_list_revoke_and_admin_role_from_the_user(store: TaskStore) -> None:
-    admin = store.create_user("root", is_admin=True)
-    key = store.add_key(owner=admin.id, name="laptop", key_hash="a" * 64, prefix="kin_abcd")
-    found = store.find_key("a" * 64)
+def test_keys_list_revoke_and_admin_role_from_the_user(store: Store) -> None:
+    admin = store.accounts.create_user("root", is_admin=True)
+    key = store.accounts.add_key(owner=admin.id, name="laptop", key_hash="a" * 64, prefix="kin_abcd")
+    found = store.accounts.find_key("a" * 64)
     assert found is not None and found.is_admin
-    store.touch_key(key.id)
-    (listed,) = store.list_keys(admin.id)
+    store.accounts.touch_key(key.id)
+    (listed,) = store.accounts.list_keys(admin.id)
     assert listed.prefix == "kin_abcd" and listed.last_used_at is not None
     with pytest.raises(NotFound):
-        store.revoke_key("usr_other", key.id)
-    assert store.revoke_key(admin.id, key.id).revoked_at is not None
-    assert store.find_key("a" * 64) is None
+        store.accounts.revoke_key("usr_other", key.id)
+    assert store.accounts.revoke_key(admin.id, key.id).revoked_at is not None
+    assert store.accounts.find_key("a" * 64) is None
     with pytest.raises(Conflict):
-        store.create_user("root")
-    assert store.get_user("root").id == admin.id
-    assert Decimal(0) == Decimal(store.account(admin.id).balance.balance_micros)
+        store.accounts.create_user("root")
+    assert store.accounts.get_user("root").id == admin.id
+    assert Decimal(0) == Decimal(store.accounts.summary(admin.id).balance.balance_micros)

@@ -9,20 +9,20 @@ import pytest
 
 from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus
 from kinema.errors import BadRequest, Conflict, NotFound
+from kinema.store import Store
 from kinema.store.db import current_revision, migrate, open_engine
-from kinema.store.repo import TaskStore
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[TaskStore]:
+def store(database_url: str) -> Iterator[Store]:
     engine = open_engine(database_url)
     migrate(engine)
-    yield TaskStore(engine)
+    yield Store(engine)
     engine.dispose()
 
 
-def submit(store: TaskStore, owner: str = "usr_a", app: str = "kinema/tiny") -> Task:
-    return store.create_task(owner=owner, app=app, version="1", input={"prompt": "x"})
+def submit(store: Store, owner: str = "usr_a", app: str = "kinema/tiny") -> Task:
+    return store.tasks.submit(owner=owner, app=app, version="1", input={"prompt": "x"}).task
 
 
 def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
@@ -30,46 +30,46 @@ def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     assert current_revision(engine) is None
     migrate(engine)
     migrate(engine)  # every start runs it again
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     engine.dispose()
 
 
-def test_created_task_is_queued_with_a_status_event(store: TaskStore) -> None:
+def test_created_task_is_queued_with_a_status_event(store: Store) -> None:
     task = submit(store)
-    fetched = store.get_task(task.id)
+    fetched = store.tasks.get(task.id)
     assert fetched.status is TaskStatus.queued
     assert fetched.owner == "usr_a"
     assert fetched.input == {"prompt": "x"}
     assert fetched.created_at.tzinfo is not None
-    events = store.events_after(task.id)
+    events = store.tasks.events_after(task.id)
     assert [(e.kind, e.data) for e in events] == [("status", {"status": "queued"})]
 
 
-def test_get_task_of_another_owner_is_not_found(store: TaskStore) -> None:
+def test_get_task_of_another_owner_is_not_found(store: Store) -> None:
     task = submit(store, owner="usr_a")
     with pytest.raises(NotFound):
-        store.get_task(task.id, owner="usr_b")
+        store.tasks.get(task.id, owner="usr_b")
     with pytest.raises(NotFound):
-        store.get_task("tsk_missing")
+        store.tasks.get("tsk_missing")
 
 
-def test_claim_takes_oldest_queued_task_once(store: TaskStore) -> None:
+def test_claim_takes_oldest_queued_task_once(store: Store) -> None:
     first, second = submit(store), submit(store)
-    claimed = store.claim_next("w1")
+    claimed = store.tasks.claim_next("w1")
     assert claimed is not None and claimed.id == first.id
     assert claimed.status is TaskStatus.running and claimed.started_at is not None
-    again = store.claim_next("w2")
+    again = store.tasks.claim_next("w2")
     assert again is not None and again.id == second.id
-    assert store.claim_next("w3") is None
+    assert store.tasks.claim_next("w3") is None
 
 
-def test_concurrent_claims_never_hand_out_a_task_twice(store: TaskStore) -> None:
+def test_concurrent_claims_never_hand_out_a_task_twice(store: Store) -> None:
     ids = {submit(store).id for _ in range(12)}
     claimed: list[str] = []
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        while (task := store.claim_next(name)) is not None:
+        while (task := store.tasks.claim_next(name)) is not None:
             with lock:
                 claimed.append(task.id)
 
@@ -81,102 +81,102 @@ def test_concurrent_claims_never_hand_out_a_task_twice(store: TaskStore) -> None
     assert sorted(claimed) == sorted(ids)
 
 
-def test_progress_and_finish_are_recorded_with_events(store: TaskStore) -> None:
+def test_progress_and_finish_are_recorded_with_events(store: Store) -> None:
     task = submit(store)
-    running = store.claim_next("w1")
+    running = store.tasks.claim_next("w1")
     assert running is not None
-    store.set_progress(task.id, TaskProgress(stage="denoise", step=2, total=8))
-    assert store.get_task(task.id).progress == TaskProgress(stage="denoise", step=2, total=8)
+    store.tasks.set_progress(task.id, TaskProgress(stage="denoise", step=2, total=8))
+    assert store.tasks.get(task.id).progress == TaskProgress(stage="denoise", step=2, total=8)
     running.status = TaskStatus.failed
     running.error = TaskError(code="generation_failed", message="boom")
-    assert store.finish(running)
-    ended = store.get_task(task.id)
+    assert store.tasks.finish(running)
+    ended = store.tasks.get(task.id)
     assert ended.status is TaskStatus.failed and ended.error == running.error
     assert ended.completed_at is not None
-    kinds = [e.kind for e in store.events_after(task.id)]
+    kinds = [e.kind for e in store.tasks.events_after(task.id)]
     assert kinds == ["status", "status", "progress", "log", "status", "done"]
-    assert not store.finish(running)  # a second finish changes nothing
+    assert not store.tasks.finish(running)  # a second finish changes nothing
 
 
-def test_cancel_queued_task_ends_it_and_it_is_never_claimed(store: TaskStore) -> None:
+def test_cancel_queued_task_ends_it_and_it_is_never_claimed(store: Store) -> None:
     task = submit(store)
-    cancelled = store.request_cancel(task.id, owner="usr_a")
+    cancelled = store.tasks.request_cancel(task.id, owner="usr_a")
     assert cancelled.status is TaskStatus.cancelled
     assert cancelled.error is not None and cancelled.error.code == "cancelled"
-    assert store.claim_next("w1") is None
+    assert store.tasks.claim_next("w1") is None
 
 
-def test_cancel_running_task_flags_it_for_its_worker(store: TaskStore) -> None:
+def test_cancel_running_task_flags_it_for_its_worker(store: Store) -> None:
     task = submit(store)
-    store.claim_next("w1")
-    assert store.cancel_requested([task.id]) == set()
-    still = store.request_cancel(task.id, owner="usr_a")
+    store.tasks.claim_next("w1")
+    assert store.tasks.cancel_requested([task.id]) == set()
+    still = store.tasks.request_cancel(task.id, owner="usr_a")
     assert still.status is TaskStatus.running
-    assert store.cancel_requested([task.id]) == {task.id}
+    assert store.tasks.cancel_requested([task.id]) == {task.id}
 
 
-def test_cancel_finished_task_is_a_conflict(store: TaskStore) -> None:
+def test_cancel_finished_task_is_a_conflict(store: Store) -> None:
     task = submit(store)
-    store.request_cancel(task.id, owner="usr_a")
+    store.tasks.request_cancel(task.id, owner="usr_a")
     with pytest.raises(Conflict):
-        store.request_cancel(task.id, owner="usr_a")
+        store.tasks.request_cancel(task.id, owner="usr_a")
     with pytest.raises(NotFound):
-        store.request_cancel(task.id, owner="usr_b")
+        store.tasks.request_cancel(task.id, owner="usr_b")
 
 
-def test_finish_after_cancel_of_queued_task_writes_nothing(store: TaskStore) -> None:
+def test_finish_after_cancel_of_queued_task_writes_nothing(store: Store) -> None:
     task = submit(store)
-    store.request_cancel(task.id, owner=None)
+    store.tasks.request_cancel(task.id, owner=None)
     task.status = TaskStatus.completed
-    assert not store.finish(task)
-    assert store.get_task(task.id).status is TaskStatus.cancelled
+    assert not store.tasks.finish(task)
+    assert store.tasks.get(task.id).status is TaskStatus.cancelled
 
 
-def test_recover_requeues_running_tasks_then_fails_them_after_max_attempts(store: TaskStore) -> None:
+def test_recover_requeues_running_tasks_then_fails_them_after_max_attempts(store: Store) -> None:
     task = submit(store)
-    store.claim_next("dead-worker")
-    recovered = store.recover_running(max_attempts=2)
+    store.tasks.claim_next("dead-worker")
+    recovered = store.tasks.recover_running(max_attempts=2)
     assert recovered.requeued == [task.id] and recovered.failed == []
-    assert store.get_task(task.id).status is TaskStatus.queued
-    store.claim_next("dead-again")
-    recovered = store.recover_running(max_attempts=2)
+    assert store.tasks.get(task.id).status is TaskStatus.queued
+    store.tasks.claim_next("dead-again")
+    recovered = store.tasks.recover_running(max_attempts=2)
     assert recovered.failed == [task.id]
-    failed = store.get_task(task.id)
+    failed = store.tasks.get(task.id)
     assert failed.status is TaskStatus.failed
     assert failed.error is not None and failed.error.code == "worker_lost"
 
 
-def test_list_paginates_newest_first_with_filters(store: TaskStore) -> None:
+def test_list_paginates_newest_first_with_filters(store: Store) -> None:
     made = [submit(store, app="kinema/tiny" if n % 2 else "lightricks/ltx-2-fast") for n in range(7)]
     submit(store, owner="usr_other")
     seen: list[str] = []
     cursor = None
     while True:
-        page = store.list_tasks(owner="usr_a", limit=3, cursor=cursor)
+        page = store.tasks.page(owner="usr_a", limit=3, cursor=cursor)
         seen += [t.id for t in page.tasks]
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
     assert seen == [t.id for t in reversed(made)]
-    tiny = store.list_tasks(owner="usr_a", app="kinema/tiny", limit=100)
+    tiny = store.tasks.page(owner="usr_a", app="kinema/tiny", limit=100)
     assert {t.id for t in tiny.tasks} == {t.id for n, t in enumerate(made) if n % 2}
-    store.request_cancel(made[0].id, owner=None)
-    cancelled = store.list_tasks(owner="usr_a", status=[TaskStatus.cancelled])
+    store.tasks.request_cancel(made[0].id, owner=None)
+    cancelled = store.tasks.page(owner="usr_a", status=[TaskStatus.cancelled])
     assert [t.id for t in cancelled.tasks] == [made[0].id]
     with pytest.raises(BadRequest):
-        store.list_tasks(owner="usr_a", cursor="not-a-cursor")
+        store.tasks.page(owner="usr_a", cursor="not-a-cursor")
 
 
-def test_counts_by_status(store: TaskStore) -> None:
+def test_counts_by_status(store: Store) -> None:
     submit(store)
     submit(store)
-    store.claim_next("w1")
-    counts = store.counts_by_status()
+    store.tasks.claim_next("w1")
+    counts = store.tasks.counts_by_status()
     assert counts["queued"] == 1 and counts["running"] == 1 and counts["completed"] == 0
 
 
-def test_files_and_keys(store: TaskStore) -> None:
-    stored = store.add_file(
+def test_files_and_keys(store: Store) -> None:
+    stored = store.files.add(
         owner="usr_a",
         purpose="input",
         key="uploads/x",
@@ -184,12 +184,12 @@ def test_files_and_keys(store: TaskStore) -> None:
         content_type="image/png",
         size_bytes=3,
     )
-    assert store.get_file(stored.id, owner="usr_a").key == "uploads/x"
+    assert store.files.get(stored.id, owner="usr_a").key == "uploads/x"
     with pytest.raises(NotFound):
-        store.get_file(stored.id, owner="usr_b")
-    assert not store.has_admin_key()
-    key = store.add_key(owner="usr_admin", name="admin", key_hash="h" * 64, is_admin=True)
-    found = store.find_key("h" * 64)
+        store.files.get(stored.id, owner="usr_b")
+    assert not store.accounts.has_admin_key()
+    key = store.accounts.add_key(owner="usr_admin", name="admin", key_hash="h" * 64, is_admin=True)
+    found = store.accounts.find_key("h" * 64)
     assert found is not None and found.id == key.id and found.is_admin
-    assert store.find_key("x" * 64) is None
-    assert store.has_admin_key()
+    assert store.accounts.find_key("x" * 64) is None
+    assert store.accounts.has_admin_key()

@@ -18,8 +18,9 @@ from kinema.api.security import RequestLimiter, Signer, ensure_admin_key, load_s
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
+from kinema.store import Store
 from kinema.store.db import migrate, open_engine
-from kinema.store.repo import TaskStore
+from kinema.tasks.queue import StoreQueue
 from kinema.tasks.runner import Runner, settle_heap
 from kinema.tasks.service import TaskService
 from kinema.tasks.webhooks import WebhookSender
@@ -53,9 +54,10 @@ def create_app(
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         engine = open_engine(settings.database)
         migrate(engine)
-        store = TaskStore(engine)
+        store = Store(engine)
+        queue = StoreQueue(store.tasks)
         signer = Signer(load_secret(settings))
-        ensure_admin_key(store, signer, settings, announce_key)
+        ensure_admin_key(store.accounts, signer, settings, announce_key)
         storage = LocalStorage(settings.outputs_dir)
         await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
@@ -64,19 +66,20 @@ def create_app(
             cache.capacity = settings.warm_models
             runner = Runner(
                 store,
+                queue,
                 settings,
                 storage,
                 cache,
                 workers=settings.local_workers,
                 on_finished=metrics.task_finished,
             )
-        metrics.bind(store)
+        metrics.bind(store.tasks)
         state = ServerState(
             settings=settings,
             store=store,
             storage=storage,
             signer=signer,
-            service=TaskService(store, runner, settings, storage),
+            service=TaskService(store, queue, settings, storage),
             runner=runner,
             metrics=metrics,
             limiter=RequestLimiter(settings.rate_limit) if settings.rate_limit else None,

@@ -12,19 +12,19 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kinema.domain.tasks import Task
-from kinema.store.repo import TaskStore
+from kinema.store.tasks import TaskRepo
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class StoreCollector(Collector):
     def __init__(self) -> None:
-        self.store: TaskStore | None = None
+        self.tasks: TaskRepo | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.store is None:
+        if self.tasks is None:
             return
-        counts = self.store.counts_by_status()
+        counts = self.tasks.counts_by_status()
         tasks = GaugeMetricFamily("kinema_tasks", "Tasks in the store by status.", labels=["status"])
         for status, count in sorted(counts.items()):
             tasks.add_metric([status], count)
@@ -59,9 +59,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def bind(self, store: TaskStore) -> None:
+    def bind(self, tasks: TaskRepo) -> None:
         """Read task counts from this store at scrape time."""
-        self._store_collector.store = store
+        self._store_collector.tasks = tasks
 
     def task_finished(self, task: Task) -> None:
         self.finished.labels(task.app, task.status.value).inc()

@@ -49,7 +49,7 @@ class WeightsOut(BaseModel):
     variant: str | None = Field(default=None, description="`distilled` (fast app) or `full`.")
     present: bool = Field(description="Whether the files this app needs are on this server.")
     generation: str | None = Field(
-        default=None, description="The LTX generation the weights hold, when known."
+        default=None, description="The generation the weights hold (e.g. `2.5` for LTX-2.5), when known."
     )
     download_bytes: int | None = Field(default=None, description="What a download would fetch, when absent.")
     download_size: str | None = Field(default=None, description="download_bytes for people, e.g. `72.0 GB`.")
@@ -76,6 +76,13 @@ class AppList(BaseModel):
     data: list[AppSummary]
 
 
+class StageOut(BaseModel):
+    """A stage a run of the app reports in `progress.stage`, with the label front ends show for it."""
+
+    name: str
+    label: str
+
+
 class AppDetail(BaseModel):
     id: str
     owner: str
@@ -93,6 +100,10 @@ class AppDetail(BaseModel):
         "provider apps."
     )
     engine: str = Field(description="`local` (a model on this server's GPU) or `remote` (a provider's API).")
+    family: str = Field(description="The engine family that runs it: `ltx2`, `kandinsky6`, `veo`.")
+    stages: list[StageOut] = Field(
+        description="The stages a run reports, in order, with labels (the CLI and playground show these)."
+    )
     provider: dict[str, Any] | None = Field(
         default=None, description="For remote apps: the provider, which of its APIs and which model it calls."
     )
@@ -113,11 +124,6 @@ class FileOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
-
-
-class Money(BaseModel):
-    amount: str = Field(description="Exact decimal amount.")
-    currency: str
 
 
 class UsageOut(BaseModel):

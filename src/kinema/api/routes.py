@@ -67,7 +67,9 @@ from kinema.errors import (
 from kinema.media.images import MIME_TYPES, ImageLimits, check_image_size, image_format
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import AccountSummary, ApiKey, ApiKeyInfo, StoredFile, TaskStore, User
+from kinema.store import Store
+from kinema.store.accounts import AccountSummary, ApiKey, ApiKeyInfo, User
+from kinema.store.files import StoredFile
 from kinema.tasks.runner import Runner
 from kinema.tasks.service import RunOptions, TaskService
 from kinema.tasks.worker import image_limits
@@ -81,7 +83,7 @@ class ServerState:
     """Everything the routes share, built once by create_app's lifespan."""
 
     settings: Settings
-    store: TaskStore
+    store: Store
     storage: LocalStorage
     signer: Signer
     service: TaskService
@@ -105,7 +107,7 @@ async def principal(
     if credentials is None:
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
     st = state(request)
-    key = await run_in_threadpool(st.store.find_key, st.signer.hash_key(credentials.credentials))
+    key = await run_in_threadpool(st.store.accounts.find_key, st.signer.hash_key(credentials.credentials))
     if key is None:
         raise Unauthorized("invalid API key")
     if st.limiter is not None:
@@ -113,7 +115,7 @@ async def principal(
     now = time.monotonic()
     if now - st.key_touched.get(key.id, -KEY_TOUCH_EVERY_S) >= KEY_TOUCH_EVERY_S:
         st.key_touched[key.id] = now  # last_used_at is written at most once a minute per key
-        await run_in_threadpool(st.store.touch_key, key.id)
+        await run_in_threadpool(st.store.accounts.touch_key, key.id)
     return key
 
 
@@ -222,7 +224,7 @@ async def wait_for(request: Request, task: Task, seconds: float) -> Task:
         if await request.is_disconnected():
             break
         await asyncio.sleep(WAIT_POLL_S)
-        task = await run_in_threadpool(st.store.get_task, task.id)
+        task = await run_in_threadpool(st.store.tasks.get, task.id)
     return task
 
 
@@ -397,7 +399,7 @@ async def tasks_events(
 async def task_events(request: Request, task_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     st = state(request)
     while True:
-        events = await run_in_threadpool(st.store.events_after, task_id, after)
+        events = await run_in_threadpool(st.store.tasks.events_after, task_id, after)
         for event in events:
             after = event.id
             if event.kind == "done":
@@ -405,7 +407,7 @@ async def task_events(request: Request, task_id: str, after: int) -> AsyncIterat
                 return
             yield ServerSentEvent(id=str(event.id), event=event.kind, data=json.dumps(event.data))
         if not events:
-            task = await run_in_threadpool(st.store.get_task, task_id)
+            task = await run_in_threadpool(st.store.tasks.get, task_id)
             if task.status.finished:  # resumed after the end: send the final task again
                 yield await final_event(request, task_id, after)
                 return
@@ -413,7 +415,7 @@ async def task_events(request: Request, task_id: str, after: int) -> AsyncIterat
 
 
 async def final_event(request: Request, task_id: str, event_id: int) -> ServerSentEvent:
-    task = await run_in_threadpool(state(request).store.get_task, task_id)
+    task = await run_in_threadpool(state(request).store.tasks.get, task_id)
     body = render_task(request, task).model_dump_json()
     return ServerSentEvent(id=str(event_id), event="task", data=body)
 
@@ -462,7 +464,7 @@ async def files_upload(
 @router.get("/v1/files/{file_id}", tags=["files"], response_model=FileOut, responses=ERRORS)
 async def files_get(request: Request, file_id: str, key: Principal) -> FileOut:
     """A file's details and a fresh signed download URL."""
-    stored = await run_in_threadpool(state(request).store.get_file, file_id, owner=key.owner_id)
+    stored = await run_in_threadpool(state(request).store.files.get, file_id, owner=key.owner_id)
     return render_file(request, stored)
 
 
@@ -491,7 +493,7 @@ async def files_download(
     """Download a stored file through its signed URL (no key needed). Supports Range requests."""
     st = state(request)
     st.signer.check_file_signature(file_id, expires, signature)
-    stored = await run_in_threadpool(st.store.get_file, file_id)
+    stored = await run_in_threadpool(st.store.files.get, file_id)
     path = st.storage.path_for(stored.key)
     try:
         stat_result = await run_in_threadpool(path.stat)
@@ -537,7 +539,7 @@ def me_out(st: ServerState, summary: AccountSummary) -> MeOut:
 async def me(request: Request, key: Principal) -> MeOut:
     """Your account: balance, holds and usage by app and day, all derived from the ledger."""
     st = state(request)
-    summary = await run_in_threadpool(st.store.account, key.owner_id)
+    summary = await run_in_threadpool(st.store.accounts.summary, key.owner_id)
     return me_out(st, summary)
 
 
@@ -555,7 +557,7 @@ def key_out(info: ApiKeyInfo) -> KeyOut:
 @router.get("/v1/keys", tags=["account"], response_model=KeyList, responses=ERRORS)
 async def keys_list(request: Request, key: Principal) -> KeyList:
     """Your API keys (never their secrets)."""
-    infos = await run_in_threadpool(state(request).store.list_keys, key.owner_id)
+    infos = await run_in_threadpool(state(request).store.accounts.list_keys, key.owner_id)
     return KeyList(data=[key_out(i) for i in infos])
 
 
@@ -563,14 +565,14 @@ async def keys_list(request: Request, key: Principal) -> KeyList:
 async def keys_create(request: Request, key: Principal, body: KeyCreate) -> KeyCreated:
     """Make a new API key for your account; the secret is in this response only."""
     st = state(request)
-    secret, info = await run_in_threadpool(issue_key, st.store, st.signer, key.owner_id, body.name)
+    secret, info = await run_in_threadpool(issue_key, st.store.accounts, st.signer, key.owner_id, body.name)
     return KeyCreated(**key_out(info).model_dump(), key=secret)
 
 
 @router.delete("/v1/keys/{key_id}", tags=["account"], response_model=KeyOut, responses=ERRORS)
 async def keys_revoke(request: Request, key_id: str, key: Principal) -> KeyOut:
     """Revoke one of your keys; it stops working at once."""
-    info = await run_in_threadpool(state(request).store.revoke_key, key.owner_id, key_id)
+    info = await run_in_threadpool(state(request).store.accounts.revoke_key, key.owner_id, key_id)
     return key_out(info)
 
 
@@ -585,7 +587,7 @@ async def webhooks_secret(request: Request, key: Principal) -> WebhookSecret:
 )
 async def tasks_webhooks(request: Request, task_id: str, key: Principal) -> WebhookDeliveryList:
     """Every webhook delivery of a task and each attempt: status code, error, timing."""
-    deliveries = await run_in_threadpool(state(request).store.task_webhooks, task_id, owner=key.owner_id)
+    deliveries = await run_in_threadpool(state(request).store.webhooks.for_task, task_id, owner=key.owner_id)
     return WebhookDeliveryList(
         data=[
             WebhookDeliveryOut(
@@ -611,7 +613,7 @@ def user_out(user: User) -> UserOut:
 @router.get("/v1/admin/users", tags=["admin"], response_model=UserList, responses={403: {"model": ErrorBody}})
 async def admin_users(request: Request, key: Admin) -> UserList:
     """Every account (admin only)."""
-    users = await run_in_threadpool(state(request).store.list_users)
+    users = await run_in_threadpool(state(request).store.accounts.list_users)
     return UserList(data=[user_out(u) for u in users])
 
 
@@ -627,8 +629,8 @@ async def admin_create_user(request: Request, key: Admin, body: UserCreate) -> U
     st = state(request)
 
     def create() -> tuple[User, str]:
-        user = st.store.create_user(body.name, is_admin=body.is_admin)
-        secret, _ = issue_key(st.store, st.signer, user.id, "first key")
+        user = st.store.accounts.create_user(body.name, is_admin=body.is_admin)
+        secret, _ = issue_key(st.store.accounts, st.signer, user.id, "first key")
         return user, secret
 
     user, secret = await run_in_threadpool(create)
@@ -646,12 +648,12 @@ async def admin_credit(request: Request, user: str, key: Admin, body: CreditIn) 
     st = state(request)
 
     def credit() -> str:
-        account = st.store.get_user(user)
-        st.store.credit(account.id, to_micros(body.amount), note=body.note)
+        account = st.store.accounts.get_user(user)
+        st.store.accounts.credit(account.id, to_micros(body.amount), note=body.note)
         return account.id
 
     account_id = await run_in_threadpool(credit)
-    summary = await run_in_threadpool(st.store.account, account_id)
+    summary = await run_in_threadpool(st.store.accounts.summary, account_id)
     return me_out(st, summary)
 
 

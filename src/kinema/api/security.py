@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from kinema.errors import Forbidden, RateLimited
 from kinema.settings import Settings
-from kinema.store.repo import ApiKeyInfo, TaskStore
+from kinema.store.accounts import AccountRepo, ApiKeyInfo
 
 ADMIN_OWNER = "usr_admin"
 KEY_PREFIX = "kin_"
@@ -79,23 +79,25 @@ def key_prefix(key: str) -> str:
     return key[:12]
 
 
-def issue_key(store: TaskStore, signer: Signer, owner: str, name: str) -> tuple[str, ApiKeyInfo]:
+def issue_key(accounts: AccountRepo, signer: Signer, owner: str, name: str) -> tuple[str, ApiKeyInfo]:
     """A new key for owner: the secret (to show once) and what is stored about it (its hash, its prefix)."""
     secret = new_api_key()
-    info = store.add_key(owner=owner, name=name, key_hash=signer.hash_key(secret), prefix=key_prefix(secret))
+    info = accounts.add_key(
+        owner=owner, name=name, key_hash=signer.hash_key(secret), prefix=key_prefix(secret)
+    )
     return secret, info
 
 
 def ensure_admin_key(
-    store: TaskStore, signer: Signer, settings: Settings, announce: Callable[[str], None]
+    accounts: AccountRepo, signer: Signer, settings: Settings, announce: Callable[[str], None]
 ) -> None:
     """Make the admin account and its bootstrap key valid: the configured key, or a new one printed once."""
-    store.ensure_user(ADMIN_OWNER, "admin", is_admin=True)
+    accounts.ensure_user(ADMIN_OWNER, "admin", is_admin=True)
     if settings.admin_key is not None:
         secret = settings.admin_key.get_secret_value()
         key_hash = signer.hash_key(secret)
-        if store.find_key(key_hash) is None:
-            store.add_key(
+        if accounts.find_key(key_hash) is None:
+            accounts.add_key(
                 owner=ADMIN_OWNER,
                 name="admin (KINEMA_ADMIN_KEY)",
                 key_hash=key_hash,
@@ -103,10 +105,10 @@ def ensure_admin_key(
                 prefix=key_prefix(secret),
             )
         return
-    if store.has_admin_key():
+    if accounts.has_admin_key():
         return
     key = new_api_key()
-    store.add_key(
+    accounts.add_key(
         owner=ADMIN_OWNER,
         name="admin (generated)",
         key_hash=signer.hash_key(key),

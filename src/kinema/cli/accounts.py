@@ -26,7 +26,7 @@ from kinema.settings import Settings
 
 if TYPE_CHECKING:
     from kinema.api.security import Signer
-    from kinema.store.repo import TaskStore
+    from kinema.store import Store
 
 keys_cli = typer.Typer(help="Create, list and revoke your API keys on a kinema server.", no_args_is_help=True)
 admin_cli = typer.Typer(
@@ -91,15 +91,15 @@ def keys_revoke(
     out.print(f"revoked {revoked.id} ({revoked.name})", highlight=False)
 
 
-def open_store(settings: Settings) -> tuple[TaskStore, Signer]:
+def open_store(settings: Settings) -> tuple[Store, Signer]:
     """The task store and key signer of this install, migrated (the server need not be running)."""
     from kinema.api.security import Signer, load_secret
+    from kinema.store import Store
     from kinema.store.db import migrate, open_engine
-    from kinema.store.repo import TaskStore
 
     engine = open_engine(settings.database)
     migrate(engine)
-    return TaskStore(engine), Signer(load_secret(settings))
+    return Store(engine), Signer(load_secret(settings))
 
 
 @admin_cli.command("create-user")
@@ -115,10 +115,10 @@ def admin_create_user(
         raise fail(f"invalid user name {name!r}: use letters, digits and _ . @ -", USAGE)
     store, signer = open_store(Settings())
     try:
-        user = store.create_user(name, is_admin=is_admin)
+        user = store.accounts.create_user(name, is_admin=is_admin)
     except KinemaError as exc:  # the name is taken: refused, nothing was made
         raise fail(exc.message, exit_code_for(exc)) from None
-    secret, key = issue_key(store, signer, user.id, "first key")
+    secret, key = issue_key(store.accounts, signer, user.id, "first key")
     if as_json:
         out.print_json(
             data={"id": user.id, "name": user.name, "is_admin": is_admin, "key_id": key.id, "key": secret}
@@ -146,11 +146,11 @@ def admin_credit(
         ) from None
     store, _ = open_store(Settings())
     try:
-        account = store.get_user(user)
-        store.credit(account.id, micros, note=note)
+        account = store.accounts.get_user(user)
+        store.accounts.credit(account.id, micros, note=note)
     except KinemaError as exc:  # no such user (refused), or the store failed
         raise fail(exc.message, exit_code_for(exc)) from None
-    summary = store.account(account.id)
+    summary = store.accounts.summary(account.id)
     if as_json:
         balance = summary.balance
         out.print_json(

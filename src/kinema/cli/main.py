@@ -28,6 +28,7 @@ from kinema.cli.common import (
     remote_errors,
 )
 from kinema.domain.outputs import OutputMeta
+from kinema.domain.stages import stage_label
 from kinema.domain.tasks import TaskStatus
 from kinema.engines.base import ProgressEvent
 from kinema.errors import AppUnavailable, InvalidInput, KinemaError
@@ -58,21 +59,6 @@ app.add_typer(models_cli, name="models")
 app.add_typer(tasks_cli, name="task")
 app.add_typer(keys_cli, name="keys")
 app.add_typer(admin_cli, name="admin")
-
-STAGE_LABELS = {
-    "queued": "queued on the server",
-    "load": "loading model",
-    "encode_text": "encoding text",
-    "denoise": "denoising",
-    "upsample": "upsampling latents x2",
-    "decode_video": "decoding video",
-    "decode_audio": "decoding audio",
-    "encode": "encoding MP4",
-    "store": "storing",
-    "submit": "sending to the provider",
-    "generate": "generating at the provider",
-    "download": "downloading the provider's video",
-}
 
 
 def lookup(app_id: str) -> App:
@@ -232,7 +218,7 @@ class StageProgress:
         self.progress.stop()
 
     def __call__(self, event: ProgressEvent) -> None:
-        label = STAGE_LABELS.get(event.stage, event.stage)
+        label = stage_label(event.stage)
         if event.total:
             self.progress.update(
                 self.bar,
@@ -408,7 +394,7 @@ def run_remote(client: Client, app_id: str, raw: Any, output: Path | None, as_js
 def progress_text(task: RemoteTask) -> str:
     if task.progress is None:
         return ""
-    label = STAGE_LABELS.get(task.progress.stage, task.progress.stage)
+    label = stage_label(task.progress.stage)
     return f"{label} {task.progress.step}/{task.progress.total}" if task.progress.total else label
 
 

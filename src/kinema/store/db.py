@@ -1,14 +1,20 @@
-"""Opening the task store: one SQLAlchemy engine per URL, migrated to the newest schema with Alembic."""
+"""The database under the store: one SQLAlchemy engine per URL, migrated with Alembic, and the one
+session/transaction helper every part of the store writes through."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Engine, Update, create_engine, event
+from sqlalchemy import CursorResult, Engine, Update, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+
+from kinema.errors import NotFound
+from kinema.store.schema import ApiKeyRow, FileRow, TaskRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -67,3 +73,32 @@ def rowcount(session: Session, statement: Update) -> int:
     """Rows a conditional UPDATE changed: 0 means another actor got there first."""
     result = cast(CursorResult[Any], session.execute(statement))
     return result.rowcount
+
+
+class Database:
+    """One engine and its sessions. Thread-safe: every call opens its own session and transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+
+Owned = TypeVar("Owned", TaskRow, FileRow, ApiKeyRow)
+
+
+def owned(row: Owned | None, owner: str | None, what: str, ref: str) -> Owned:
+    """The row when it exists and belongs to owner (any owner when None); NotFound otherwise, never 403."""
+    if row is None or (owner is not None and row.owner_id != owner):
+        raise NotFound(f"no {what} {ref!r}")
+    return row

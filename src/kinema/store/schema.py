@@ -48,6 +48,7 @@ class TaskRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(80))
+    heartbeat_at: Mapped[datetime | None]  # last time the worker running it said it is alive
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     deadline_at: Mapped[datetime | None]

@@ -1,7 +1,7 @@
-"""The runner: worker threads that claim queued tasks from the store, run them and record the outcome.
+"""The runner: worker threads that claim queued tasks from the queue, run them and record the outcome.
 
 Model work runs in these threads, never on the API's event loop. Progress and log lines go into the
-store's event log (which SSE replays); cancellation arrives through the store too, so a cancel sent to any
+store's event log (which SSE replays); cancellation arrives through the queue, so a cancel sent to any
 API process reaches the worker within one poll and stops the model within one denoising step.
 """
 
@@ -18,33 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kinema.apps.registry import get_app, list_apps
+from kinema.domain.stages import stage_label
 from kinema.domain.tasks import Task, TaskError, TaskProgress, TaskStatus, utcnow
 from kinema.engines.base import CancelToken, ProgressEvent
 from kinema.engines.cache import WarmModels
 from kinema.errors import KinemaError, NotFound
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import TaskStore
+from kinema.store import Store
+from kinema.tasks.queue import TaskQueue
 from kinema.tasks.worker import RunContext, prepare_input, run_task
 
 log = logging.getLogger(__name__)
 
-STAGE_MESSAGES = {
-    "load": "loading the model",
-    "encode_text": "encoding the prompt",
-    "denoise": "denoising",
-    "upsample": "upsampling latents x2",
-    "decode_video": "decoding video",
-    "decode_audio": "decoding audio",
-    "encode": "encoding the MP4",
-    "store": "storing the output",
-    "submit": "sending the request to the provider",
-    "generate": "waiting for the provider to generate",
-    "download": "downloading the provider's video",
-}
-
 
 DEADLINE_CHECK_S = 1.0
+HEARTBEAT_S = 5.0  # how often a worker tells the queue its running tasks are alive
 # Worker threads run this much nicer than the API: on a CPU-bound host (the tiny model, CPU offload, model
 # loading) model work would otherwise take the cores from the event loop, and /healthz and submits stall.
 WORKER_NICENESS = 10
@@ -86,11 +75,12 @@ def output_key(task_id: str) -> str:
 
 
 class Runner:
-    """In-process workers over a TaskStore. start() recovers orphaned tasks, then starts the threads."""
+    """In-process workers over a task queue. start() recovers orphaned tasks, then starts the threads."""
 
     def __init__(
         self,
-        store: TaskStore,
+        store: Store,
+        queue: TaskQueue,
         settings: Settings,
         storage: LocalStorage,
         warm: WarmModels,
@@ -101,7 +91,7 @@ class Runner:
         cancel_poll_s: float = 0.2,
         on_finished: Callable[[Task], None] | None = None,
     ) -> None:
-        self.store, self.settings, self.storage, self.warm = store, settings, storage, warm
+        self.store, self.queue, self.settings, self.storage, self.warm = store, queue, settings, storage, warm
         # Each local worker owns a device and its warm models (worker 0 the cache it was given); a provider
         # worker needs neither.
         self.warms = [warm] + [WarmModels(warm.capacity) for _ in range(1, workers)]
@@ -115,7 +105,6 @@ class Runner:
         self.poll_s, self.cancel_poll_s = poll_s, cancel_poll_s
         self.on_finished = on_finished
         self.id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, CancelToken] = {}
@@ -124,7 +113,7 @@ class Runner:
     # Lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        recovered = self.store.recover_running(self.settings.task_max_attempts)
+        recovered = self.queue.recover(self.settings.task_max_attempts)
         for task_id in recovered.requeued:
             log.warning("task %s was left running by a stopped process; requeued", task_id)
         for task_id in recovered.failed:
@@ -146,7 +135,7 @@ class Runner:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming work; interrupt running tasks (they go back to the queue) and join the threads."""
         self._stopping.set()
-        self._wake.set()
+        self.queue.wake()
         with self._lock:
             for token in self._running.values():
                 token.cancel()
@@ -160,12 +149,8 @@ class Runner:
         """Every worker thread is running (true when this process runs no workers)."""
         return not self._stopping.is_set() and all(t.is_alive() for t in self._threads)
 
-    def wake(self) -> None:
-        """Tell idle workers that a task was queued."""
-        self._wake.set()
-
     def cancel(self, task_id: str) -> None:
-        """Stop a task this process is running now (others learn of it from the store)."""
+        """Stop a task this process is running now."""
         with self._lock:
             token = self._running.get(task_id)
         if token is not None:
@@ -180,15 +165,14 @@ class Runner:
         warm_models = len(warm) if warm is not None else 0
         while not self._stopping.is_set():
             try:
-                task = self.store.claim_next(
+                task = self.queue.claim(
                     self.id, apps, max_running_per_owner=self.settings.max_running_per_account
                 )
             except Exception:
                 log.exception("could not claim a task; retrying")
                 task = None
             if task is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+                self.queue.wait_for_work(self.poll_s)
                 continue
             try:
                 self._run(task, slot)
@@ -202,15 +186,20 @@ class Runner:
                 settle_heap()
 
     def _watch_cancels(self) -> None:
-        deadlines_due = 0.0
-        while not self._stopping.wait(self.cancel_poll_s):
+        """Stop tasks whose cancel was requested; apply deadlines; heartbeat the running tasks."""
+        deadlines_due = heartbeat_due = 0.0
+        while not self._stopping.is_set():
+            self.queue.wait_for_cancel(self.cancel_poll_s)
             with self._lock:
                 running = list(self._running)
             try:
                 if time.monotonic() >= deadlines_due:  # Cancel-After needs no finer grain than a second
                     deadlines_due = time.monotonic() + DEADLINE_CHECK_S
-                    self.store.expire_deadlines()  # flags running tasks, ends queued ones
-                wanted = self.store.cancel_requested(running)
+                    self.store.tasks.expire_deadlines()  # flags running tasks, ends queued ones
+                if running and time.monotonic() >= heartbeat_due:
+                    heartbeat_due = time.monotonic() + HEARTBEAT_S
+                    self.queue.heartbeat(self.id, running)
+                wanted = self.queue.cancel_requested(running)
             except Exception:
                 log.exception("could not read cancellations")
                 continue
@@ -222,14 +211,14 @@ class Runner:
         with self._lock:
             self._running[task.id] = token
         try:
-            self.store.log(task.id, f"started on worker {self.id} ({threading.current_thread().name})")
+            self.store.tasks.log(task.id, f"started on worker {self.id} ({threading.current_thread().name})")
             result = self._execute(task, token, slot)
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
         interrupted = result.status is TaskStatus.cancelled and self._stopping.is_set()
-        if interrupted and not self.store.cancel_requested([task.id]):
-            self.store.requeue(task.id)  # stopped by shutdown, not by a user: run it again on restart
+        if interrupted and not self.queue.cancel_requested([task.id]):
+            self.queue.requeue(task.id)  # stopped by shutdown, not by a user: run it again on restart
             return
         self._finish(result)
 
@@ -251,7 +240,7 @@ class Runner:
             local = False
             image = raw.get("image")
             if isinstance(image, str) and image.startswith("file_"):
-                stored = self.store.get_file(image, owner=task.owner)
+                stored = self.store.files.get(image, owner=task.owner)
                 raw["image"], local = str(self.storage.path_for(stored.key)), True
             prepared = prepare_input(app, raw, self.settings, allow_local_paths=local)
         except NotFound as exc:
@@ -264,8 +253,8 @@ class Runner:
         def progress(event: ProgressEvent) -> None:
             if not last_stage or last_stage[-1] != event.stage:
                 last_stage.append(event.stage)
-                self.store.log(task.id, STAGE_MESSAGES.get(event.stage, event.stage))
-            self.store.set_progress(
+                self.store.tasks.log(task.id, stage_label(event.stage))
+            self.store.tasks.set_progress(
                 task.id, TaskProgress(stage=event.stage, step=event.step, total=event.total)
             )
 
@@ -279,7 +268,7 @@ class Runner:
         )
         result = run_task(app, task.input, ctx, prepared=prepared, task=task)
         if result.status is TaskStatus.completed and result.output_meta is not None:
-            stored = self.store.add_file(
+            stored = self.store.files.add(
                 owner=task.owner or "",
                 purpose="output",
                 key=output_key(task.id),
@@ -289,7 +278,7 @@ class Runner:
             )
             result.output_file = stored.id
             seconds = result.output_meta.timings.get("total", 0.0)
-            self.store.log(task.id, f"completed in {seconds:.2f} s")
+            self.store.tasks.log(task.id, f"completed in {seconds:.2f} s")
         return result
 
     def _failed(self, task: Task, code: str, message: str) -> Task:
@@ -302,7 +291,7 @@ class Runner:
 
     def _finish(self, task: Task) -> None:
         charged = self.settings.billing_enabled
-        if not self.store.finish(task, charge=charged) and task.output_file is not None:
+        if not self.store.tasks.finish(task, charge=charged) and task.output_file is not None:
             log.warning("task %s ended elsewhere; discarding its output", task.id)
             Path(self.storage.path_for(output_key(task.id))).unlink(missing_ok=True)
         if self.on_finished is not None:

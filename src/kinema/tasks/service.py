@@ -18,9 +18,12 @@ from kinema.errors import BadRequest, ImageTooLarge, InvalidImage, InvalidInput,
 from kinema.media.images import EXTENSIONS, MIME_TYPES, check_image_url, read_data_uri
 from kinema.settings import Settings
 from kinema.storage.local import LocalStorage
-from kinema.store.repo import StoredFile, Submission, TaskPage, TaskStore
+from kinema.store import Store
+from kinema.store.files import StoredFile
+from kinema.store.tasks import Submission, TaskPage
 from kinema.store.webhooks import WEBHOOK_EVENTS
-from kinema.tasks.runner import Runner, upload_key
+from kinema.tasks.queue import TaskQueue
+from kinema.tasks.runner import upload_key
 from kinema.tasks.webhooks import check_webhook_url
 from kinema.tasks.worker import image_limits
 
@@ -86,10 +89,12 @@ def image_error(exc: InvalidImage) -> KinemaError:
 
 
 class TaskService:
+    """Submit, read, list and cancel tasks; queued work reaches workers through the queue."""
+
     def __init__(
-        self, store: TaskStore, runner: Runner | None, settings: Settings, storage: LocalStorage | None = None
+        self, store: Store, queue: TaskQueue, settings: Settings, storage: LocalStorage | None = None
     ) -> None:
-        self.store, self.runner, self.settings = store, runner, settings
+        self.store, self.queue, self.settings = store, queue, settings
         self.storage = storage or LocalStorage(settings.outputs_dir)
 
     def submit(
@@ -118,7 +123,7 @@ class TaskService:
         request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         if image_data is not None:
             body["image"] = self.store_image(owner, *image_data).id
-        submission = self.store.submit(
+        submission = self.store.tasks.submit(
             owner=owner,
             app=app.id,
             version=app.version,
@@ -132,8 +137,8 @@ class TaskService:
             request_hash=request_hash,
             idempotency_ttl_s=self.settings.idempotency_ttl_s,
         )
-        if self.runner is not None and not submission.replayed:
-            self.runner.wake()
+        if not submission.replayed:
+            self.queue.wake()
         return submission
 
     def _check_image(self, image: str | None, owner: str) -> tuple[bytes, str] | None:
@@ -148,7 +153,7 @@ class TaskService:
             )
         if image.startswith("file_"):
             try:
-                self.store.get_file(image, owner=owner)
+                self.store.files.get(image, owner=owner)
             except NotFound:
                 raise InvalidInput(
                     f"image: no uploaded file {image!r}",
@@ -169,14 +174,14 @@ class TaskService:
         digest = hashlib.sha256(owner.encode() + b"\0" + data).hexdigest()
         file_id = f"file_{digest[:20]}"
         try:
-            return self.store.get_file(file_id, owner=owner)
+            return self.store.files.get(file_id, owner=owner)
         except NotFound:
             pass
         try:
             return self.add_upload(owner, data, f"image.{EXTENSIONS[fmt]}", MIME_TYPES[fmt], file_id=file_id)
         except Exception:
             try:  # a concurrent submit of the same image stored it first
-                return self.store.get_file(file_id, owner=owner)
+                return self.store.files.get(file_id, owner=owner)
             except NotFound:
                 pass
             raise
@@ -187,7 +192,7 @@ class TaskService:
         """Store an input file and record it; StorageError (507) when storage cannot take it."""
         file_id = file_id or new_file_id()
         self.storage.write_bytes(data, upload_key(file_id), suffix=".upload")
-        return self.store.add_file(
+        return self.store.files.add(
             file_id=file_id,
             owner=owner,
             purpose="input",
@@ -198,7 +203,7 @@ class TaskService:
         )
 
     def get(self, task_id: str, *, owner: str) -> Task:
-        return self.store.get_task(task_id, owner=owner)
+        return self.store.tasks.get(task_id, owner=owner)
 
     def list(
         self,
@@ -209,11 +214,8 @@ class TaskService:
         limit: int = 20,
         cursor: str | None = None,
     ) -> TaskPage:
-        return self.store.list_tasks(owner=owner, status=status, app=app, limit=limit, cursor=cursor)
+        return self.store.tasks.page(owner=owner, status=status, app=app, limit=limit, cursor=cursor)
 
     def cancel(self, task_id: str, *, owner: str) -> Task:
         """Cancel queued work at once; running work stops at its next step. Finished tasks: Conflict."""
-        task = self.store.request_cancel(task_id, owner=owner)
-        if self.runner is not None:
-            self.runner.cancel(task_id)
-        return task
+        return self.queue.request_cancel(task_id, owner=owner)

@@ -29,7 +29,8 @@ from kinema.media.urls import (
     resolve_checked,
 )
 from kinema.settings import Settings
-from kinema.store.repo import TaskStore, WebhookDelivery
+from kinema.store import Store
+from kinema.store.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: Store,
         settings: Settings,
         *,
         render: Callable[[Task], dict[str, object]],
@@ -104,7 +105,7 @@ class WebhookSender:
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.webhook_poll_s):
             try:
-                for delivery in self.store.due_webhooks():
+                for delivery in self.store.webhooks.due():
                     if self._stop.is_set():
                         return
                     self.deliver(delivery)
@@ -115,9 +116,9 @@ class WebhookSender:
         """One attempt: render (first time), sign, POST; record the outcome and schedule a retry."""
         payload = delivery.payload
         if payload is None:
-            task = self.store.get_task(delivery.task_id)
+            task = self.store.tasks.get(delivery.task_id)
             payload = {"type": f"task.{delivery.event}", "timestamp": _iso_now(), "data": self.render(task)}
-            self.store.save_webhook_payload(delivery.id, payload)
+            self.store.webhooks.save_payload(delivery.id, payload)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         stamp = datetime.now(UTC)
         signature = Webhook(self.secret_for(delivery.owner_id)).sign(delivery.id, stamp, body)
@@ -151,7 +152,7 @@ class WebhookSender:
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # InvalidURL: a bad Location header
             error = f"{type(exc).__name__}: {exc}"[:500]
         delivered = error is None
-        self.store.record_webhook_attempt(
+        self.store.webhooks.record_attempt(
             delivery.id,
             status_code=status_code,
             error=error,

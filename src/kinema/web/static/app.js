@@ -8,17 +8,6 @@ import { buildForm, describeInput, outputSize } from "./form.js";
 import { priceFor } from "./pricing.js";
 
 const KEY_STORAGE = "kinema.apiKey";
-const STAGES = [
-  ["load", "Loading the model"],
-  ["encode_text", "Encoding the prompt"],
-  ["denoise", "Denoising"],
-  ["upsample", "Upsampling latents"],
-  ["decode_video", "Decoding video"],
-  ["decode_audio", "Decoding audio"],
-  ["encode", "Encoding the MP4"],
-  ["store", "Storing"],
-];
-const STAGE_LABELS = Object.fromEntries(STAGES);
 const FAILURE_HINTS = {
   model_not_available: "The kinema/tiny app needs no download: use it to check that the rest of the install works.",
   insufficient_resources: "The model does not fit this server's GPU or memory; see the server log for what to try.",
@@ -463,7 +452,9 @@ function resultView(task, signal) {
 }
 
 /** The live panel while a task is queued or running: stage list, step k/n, elapsed time, log, Cancel. */
-function progressPanel(task, { onCancel }) {
+function progressPanel(task, { onCancel, stages: appStages = [] }) {
+  // The app's stages and their labels, as GET /v1/apps/{id} serves them (one list for API, CLI and page).
+  const labels = Object.fromEntries(appStages.map((stage) => [stage.name, stage.label]));
   const stageLabel = h("strong", { class: "stage-label", "data-testid": "stage" });
   const step = h("span", { class: "step", "data-testid": "step" });
   const elapsed = h("span", { class: "elapsed", "data-testid": "elapsed" });
@@ -479,13 +470,13 @@ function progressPanel(task, { onCancel }) {
   const withAudio = task.input?.generate_audio === true;
 
   const drawStages = (currentStage) => {
-    const names = STAGES.map(([name]) => name).filter((name) => withAudio || name !== "decode_audio");
+    const names = appStages.map((stage) => stage.name).filter((name) => withAudio || name !== "decode_audio");
     if (currentStage && !names.includes(currentStage)) names.push(currentStage);
     const index = names.indexOf(currentStage);
     replace(
       stages,
       names.map((name, i) =>
-        h("li", { class: i < index ? "done" : i === index ? "current" : "pending" }, STAGE_LABELS[name] || name),
+        h("li", { class: i < index ? "done" : i === index ? "current" : "pending" }, labels[name] || name),
       ),
     );
   };
@@ -501,7 +492,7 @@ function progressPanel(task, { onCancel }) {
   };
   const setProgress = (progress) => {
     if (!progress) return;
-    stageLabel.textContent = STAGE_LABELS[progress.stage] || progress.stage;
+    stageLabel.textContent = labels[progress.stage] || progress.stage;
     if (progress.total) {
       step.textContent = `step ${progress.step ?? 0}/${progress.total}`;
       bar.max = progress.total;
@@ -607,7 +598,15 @@ async function showTask(id, signal) {
     return;
   }
 
+  let app = null;
+  try {
+    app = await loadApp(task.app, signal);
+  } catch (error) {
+    if (signal.aborted) return;
+    // An app this server no longer has: the stage list stays empty, the current stage still shows.
+  }
   const panel = progressPanel(task, {
+    stages: app?.stages || [],
     onCancel: async (button) => {
       button.disabled = true;
       button.textContent = "Cancelling…";

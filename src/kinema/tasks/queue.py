@@ -1,0 +1,109 @@
+"""The task queue: what the service and the runner need to hand queued work to workers.
+
+The service tells the queue (a task was queued, a task should stop); the runner listens to it (waits for
+work, claims, heartbeats, learns of cancellations). Neither knows the other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from kinema.domain.tasks import Task
+from kinema.store.tasks import Recovery, TaskRepo
+
+
+class TaskQueue(Protocol):
+    """Queued tasks on their way to workers: wake-ups, claims, heartbeats, requeues, cancels, recovery.
+
+    StoreQueue is the embedded one: the task table is the queue, wake-ups stay in this process. A later
+    PostgreSQL queue (procrastinate: SKIP LOCKED claims, LISTEN/NOTIFY wake-ups, abort, stalled-job
+    recovery) implements this same protocol for `kinema worker` processes.
+    """
+
+    def wake(self) -> None:
+        """A task was queued (or workers should look again): idle workers stop waiting now."""
+        ...
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until woken, or at most timeout seconds; then claim."""
+        ...
+
+    def claim(
+        self, worker_id: str, apps: Sequence[str] | None, *, max_running_per_owner: int | None
+    ) -> Task | None:
+        """The oldest queued task of these apps (None: any), now running for worker_id; None if none fits.
+
+        Tasks of accounts already running max_running_per_owner tasks stay queued.
+        """
+        ...
+
+    def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> set[str]:
+        """worker_id says these running tasks are alive; the ids it still holds."""
+        ...
+
+    def requeue(self, task_id: str) -> bool:
+        """Put a running task back in the queue (its worker is stopping); False if it was not running."""
+        ...
+
+    def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
+        """Cancel a queued task now, or ask the worker running it to stop; Conflict when it has ended."""
+        ...
+
+    def wait_for_cancel(self, timeout: float) -> None:
+        """Block until a cancel is requested, or at most timeout seconds; then ask cancel_requested."""
+        ...
+
+    def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of these running tasks someone asked to stop."""
+        ...
+
+    def recover(self, max_attempts: int) -> Recovery:
+        """At start: requeue tasks a stopped process left running, or fail those tried max_attempts times."""
+        ...
+
+
+class StoreQueue:
+    """The embedded queue: queued rows in the task store, wake-ups through in-process events.
+
+    Workers in other processes over the same database still find work and cancellations by polling.
+    """
+
+    def __init__(self, tasks: TaskRepo) -> None:
+        self.tasks = tasks
+        self._queued = threading.Event()
+        self._cancelled = threading.Event()
+
+    def wake(self) -> None:
+        self._queued.set()
+
+    def wait_for_work(self, timeout: float) -> None:
+        self._queued.wait(timeout)
+        self._queued.clear()
+
+    def claim(
+        self, worker_id: str, apps: Sequence[str] | None, *, max_running_per_owner: int | None
+    ) -> Task | None:
+        return self.tasks.claim_next(worker_id, apps, max_running_per_owner=max_running_per_owner)
+
+    def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> set[str]:
+        return self.tasks.heartbeat(worker_id, task_ids)
+
+    def requeue(self, task_id: str) -> bool:
+        return self.tasks.requeue(task_id)
+
+    def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
+        task = self.tasks.request_cancel(task_id, owner=owner)
+        self._cancelled.set()  # after the commit, so the woken watcher reads the flag
+        return task
+
+    def wait_for_cancel(self, timeout: float) -> None:
+        self._cancelled.wait(timeout)
+        self._cancelled.clear()
+
+    def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
+        return self.tasks.cancel_requested(task_ids)
+
+    def recover(self, max_attempts: int) -> Recovery:
+        return self.tasks.recover_running(max_attempts)
