@@ -47,9 +47,14 @@ def test_no_operation_answers_5xx_or_ignores_auth(
             # The Veo apps are available (else every run of them is the documented 503); with no workers
             # nothing is ever sent to Google.
             google_api_key=SecretStr("test-google-key"),
-            # Likewise the LTX apps have weights here (the tiny LTX-2.5 repo), so runs are accepted, not the
-            # documented 503 for missing weights.
-            model_paths={app: str(tiny_model_dir) for app in ("lightricks/ltx-2-fast", "lightricks/ltx-2")},
+            # Likewise the LTX apps have weights here (the tiny LTX-2.5 repo), and the Kandinsky apps their
+            # tiny builtins (never built: no worker loads them), so runs are accepted, not the documented 503
+            # for missing weights.
+            model_paths={
+                **{app: str(tiny_model_dir) for app in ("lightricks/ltx-2-fast", "lightricks/ltx-2")},
+                "kandinskylab/kandinsky-6-fast": "builtin:tiny-kandinsky6",
+                "kandinskylab/kandinsky-6": "builtin:tiny-kandinsky6-full",
+            },
         ) as server,
     ):
         assert not server.settings.image_allow_private_urls and not server.settings.webhook_allow_private

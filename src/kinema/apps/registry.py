@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from kinema.apps.schema import VideoInput, input_model_for
@@ -12,6 +13,8 @@ from kinema.billing.pricing import PriceTable, format_money
 from kinema.domain.sizing import ALL_ASPECT_RATIOS, AspectRatio
 from kinema.domain.stages import DELIVERY_STAGES, stage_label
 from kinema.engines.base import EngineSpec
+from kinema.engines.kandinsky6 import FPS as KANDINSKY6_FPS
+from kinema.engines.kandinsky6 import KANDINSKY6_PRO, KANDINSKY6_PRO_DISTILL, MAX_DURATION
 from kinema.engines.loading import WeightsStatus, human_bytes, is_local_source
 from kinema.engines.registry import app_weights_status, engine_family
 from kinema.engines.sampling import LTX2Sampling
@@ -218,6 +221,94 @@ TINY = App(
     examples=({"prompt": "smoke test", "duration": 1.0},),
 )
 
+_KANDINSKY6_NOTES = (
+    "Native size about 864x480 (480x864 portrait, 640x640 square): 720p, 1080p and 4K are that video resized "
+    "and center-cropped (output_meta.model.upscale says how); Kandinsky's separate super-resolution model is "
+    "not used. A 5-second model: 1 to 5 s at 24 fps; audio is 44.1 kHz mono, stereo AAC in the MP4.",
+    "Needs a GPU with about 70 GB free for the 30B transformer in bf16 (the 7B text encoder then stays on "
+    "the CPU), about 90 GB to keep everything on the GPU; KINEMA_OFFLOAD=model for smaller cards.",
+    "Licence: MIT, as the Kandinsky 6.0 model cards state (check the model page). The Kandinsky 6.0 Pro "
+    "repos are gated on Hugging Face: accept the terms on the model page and set HF_TOKEN.",
+    'Smoke test without the download: KINEMA_MODEL_PATHS=\'{"<app>": "builtin:tiny-kandinsky6"}\' (the fast '
+    "app) or builtin:tiny-kandinsky6-full (the quality app) runs tiny random weights in the real layout.",
+)
+_KANDINSKY6_EXAMPLES: tuple[dict[str, Any], ...] = (
+    {
+        "prompt": "A golden retriever runs along a sunny beach, waves crashing, cinematic footage",
+        "generate_audio": True,
+    },
+    {
+        "prompt": "A man with short gray hair plays a red electric guitar",
+        "image": "./guitar-man.png",
+        "generate_audio": True,
+    },
+)
+
+KANDINSKY6_FAST = App(
+    owner="kandinskylab",
+    name="kandinsky-6-fast",
+    version="6.0-pro-distill-10step",
+    title="Kandinsky 6 Fast",
+    description="Kandinsky 6.0 Pro distilled (pi-Flow): 10 unguided steps of one 30B transformer that "
+    "denoises video and audio together at about 864x480, then resized to the output size; "
+    "text/image-to-video with joint audio, up to 5 s.",
+    input_model=input_model_for(
+        "Kandinsky6FastInput", default_duration=MAX_DURATION, min_duration=1.0, max_duration=MAX_DURATION
+    ),
+    engine=EngineSpec(
+        "kandinsky6",
+        options=KANDINSKY6_PRO_DISTILL,
+        weights="kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers",
+        variant="distilled",
+    ),
+    fps=KANDINSKY6_FPS,
+    # Ten transformer passes per clip, about LTX-2 Fast's work: its video price, audio a little cheaper.
+    pricing=PriceTable(
+        video=Decimal("0.10"),
+        video_audio=Decimal("0.20"),
+        video_4k=Decimal("0.20"),
+        video_4k_audio=Decimal("0.30"),
+    ),
+    notes=(
+        "Weights: kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers, about 89 GB (a 60 GB transformer, "
+        "Qwen2.5-VL 7B and CLIP text encoders, video and audio VAEs, vocoder).",
+        *_KANDINSKY6_NOTES,
+    ),
+    examples=_KANDINSKY6_EXAMPLES,
+)
+
+KANDINSKY6 = App(
+    owner="kandinskylab",
+    name="kandinsky-6",
+    version="6.0-pro-50step-cfg5",
+    title="Kandinsky 6",
+    description="Kandinsky 6.0 Pro, the flow-matching model: 50 steps with classifier-free guidance 5.0 at "
+    "about 864x480, video and audio denoised together, then resized to the output size; quality tier.",
+    input_model=input_model_for(
+        "Kandinsky6Input", default_duration=MAX_DURATION, min_duration=1.0, max_duration=MAX_DURATION
+    ),
+    engine=EngineSpec(
+        "kandinsky6",
+        options=KANDINSKY6_PRO,
+        weights="kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers",
+        variant="full",
+    ),
+    fps=KANDINSKY6_FPS,
+    # 50 guided steps are 100 transformer passes, ten times the fast app's.
+    pricing=PriceTable(
+        video=Decimal("0.50"),
+        video_audio=Decimal("0.60"),
+        video_4k=Decimal("0.60"),
+        video_4k_audio=Decimal("0.70"),
+    ),
+    notes=(
+        "Weights: kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers, about 99 GB (a 70 GB transformer stored "
+        "partly in fp32, Qwen2.5-VL 7B and CLIP text encoders, video and audio VAEs, vocoder).",
+        *_KANDINSKY6_NOTES,
+    ),
+    examples=_KANDINSKY6_EXAMPLES,
+)
+
 _VEO_NOTES = (
     "Runs on Google's servers with your own Google API key (KINEMA_GOOGLE_API_KEY); no GPU needed here. "
     "Google bills your Google account for each run; kinema's price table is separate.",
@@ -267,7 +358,9 @@ VEO_3_1 = _veo_app(
     "veo-3.1",
 )
 
-APPS: dict[str, App] = {app.id: app for app in (LTX2_FAST, LTX2_FULL, TINY, VEO_3_1_FAST, VEO_3_1)}
+APPS: dict[str, App] = {
+    app.id: app for app in (LTX2_FAST, LTX2_FULL, TINY, KANDINSKY6_FAST, KANDINSKY6, VEO_3_1_FAST, VEO_3_1)
+}
 DEFAULT_APP = LTX2_FAST.id
 
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from kinema.engines.base import Engine, EngineSpec, LayoutError, WeightsPlanner
 from kinema.engines.cache import WarmModels
+from kinema.engines.kandinsky6 import KANDINSKY6_WEIGHTS
 from kinema.engines.loading import WeightsStatus, resolve_weights, weights_status
 from kinema.engines.ltx_recipes import LTX2_WEIGHTS
 from kinema.errors import ModelNotAvailable
@@ -56,6 +57,18 @@ FAMILIES: dict[str, EngineFamily] = {
             weights=LTX2_WEIGHTS,
             builtins={"tiny": "kinema.engines.tiny:save_tiny_model"},
             model_name="LTX-{generation}",
+        ),
+        EngineFamily(
+            name="kandinsky6",
+            title="Kandinsky 6 (Kandinsky Lab) through diffusers",
+            loader="kinema.engines.kandinsky6:load_engine",
+            stages=("load", "encode_text", "denoise", "decode_video", "decode_audio"),
+            weights=KANDINSKY6_WEIGHTS,
+            builtins={
+                "tiny-kandinsky6": "kinema.engines.kandinsky6_tiny:save_tiny_kandinsky6",
+                "tiny-kandinsky6-full": "kinema.engines.kandinsky6_tiny:save_tiny_kandinsky6_full",
+            },
+            model_name="Kandinsky {generation}",
         ),
         EngineFamily(
             name="veo",
