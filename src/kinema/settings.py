@@ -131,6 +131,31 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Times a task is started before a crash mid-task marks it failed."
     )
 
+    # The queue and its workers (`kinema worker`)
+    queue: Literal["auto", "store", "procrastinate"] = Field(
+        default="auto",
+        description="How queued tasks reach workers: auto is procrastinate (PostgreSQL job rows, "
+        "LISTEN/NOTIFY wake-ups) on PostgreSQL and the task table itself (in-process wake-ups) on SQLite. "
+        "Every process on one database must use the same queue.",
+    )
+    lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running task whose worker has not heartbeated for this long is taken back: requeued "
+        "for another worker, or failed as worker_lost after task_max_attempts.",
+    )
+    worker_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="After SIGTERM, how long `kinema worker` lets its running task finish before it hands "
+        "the task back to the queue.",
+    )
+    worker_apps: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Apps `kinema worker` serves, e.g. "kinema/tiny,lightricks/ltx-2-fast" (default: every '
+        "app this machine can run).",
+    )
+
     # Accounts, billing, limits, webhooks
     billing_enabled: bool = Field(
         default=False,
@@ -221,6 +246,21 @@ class Settings(BaseSettings):
         if isinstance(value, list) and len(set(map(str, value))) != len(value):
             raise ValueError("each GPU may be listed once")
         return value
+
+    @field_validator("worker_apps", mode="before")
+    @classmethod
+    def _app_list(cls, value: Any) -> Any:
+        """KINEMA_WORKER_APPS=a/b,c/d (or a list)."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def uses_procrastinate(self) -> bool:
+        """Whether queued tasks go through procrastinate's jobs (PostgreSQL) rather than the task table."""
+        if self.queue == "auto":
+            return self.database.startswith("postgresql")
+        return self.queue == "procrastinate"
 
     @property
     def local_workers(self) -> int:

@@ -30,7 +30,7 @@ def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     assert current_revision(engine) is None
     migrate(engine)
     migrate(engine)  # every start runs it again
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0005"
     engine.dispose()
 
 
@@ -135,11 +135,11 @@ def test_finish_after_cancel_of_queued_task_writes_nothing(store: Store) -> None
 def test_recover_requeues_running_tasks_then_fails_them_after_max_attempts(store: Store) -> None:
     task = submit(store)
     store.tasks.claim_next("dead-worker")
-    recovered = store.tasks.recover_running(max_attempts=2)
+    recovered = store.tasks.recover_running(max_attempts=2, lease_s=0)
     assert recovered.requeued == [task.id] and recovered.failed == []
     assert store.tasks.get(task.id).status is TaskStatus.queued
     store.tasks.claim_next("dead-again")
-    recovered = store.tasks.recover_running(max_attempts=2)
+    recovered = store.tasks.recover_running(max_attempts=2, lease_s=0)
     assert recovered.failed == [task.id]
     failed = store.tasks.get(task.id)
     assert failed.status is TaskStatus.failed

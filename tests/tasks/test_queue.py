@@ -117,11 +117,11 @@ def test_requeue_puts_a_running_task_back_for_the_next_claim(store: Store, queue
 def test_recover_requeues_orphans_then_fails_them_after_max_attempts(store: Store, queue: TaskQueue) -> None:
     task = submit(store)
     queue.claim("dead", None, max_running_per_owner=None)
-    recovered = queue.recover(max_attempts=2)
+    recovered = queue.recover(max_attempts=2, lease_s=0)
     assert recovered.requeued == [task.id] and recovered.failed == []
     assert store.tasks.get(task.id).status is TaskStatus.queued
     queue.claim("dead-again", None, max_running_per_owner=None)
-    recovered = queue.recover(max_attempts=2)
+    recovered = queue.recover(max_attempts=2, lease_s=0)
     assert recovered.requeued == [] and recovered.failed == [task.id]
     failed = store.tasks.get(task.id)
     assert failed.status is TaskStatus.failed and failed.error is not None

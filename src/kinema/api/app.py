@@ -14,15 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from kinema.api.errors import BodySizeLimit, install_error_handlers
 from kinema.api.metrics import HttpLatency, Metrics
 from kinema.api.routes import ServerState, router, task_out
-from kinema.api.security import RequestLimiter, Signer, ensure_admin_key, load_secret
+from kinema.api.security import Signer, ensure_admin_key, load_secret, request_limiter
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.settings import Settings
 from kinema.storage import open_storage
 from kinema.store import Store
 from kinema.store.db import migrate, open_engine
-from kinema.tasks.queue import StoreQueue
+from kinema.tasks.queue import open_queue
 from kinema.tasks.runner import Runner, settle_heap
 from kinema.tasks.service import TaskService
+from kinema.tasks.signals import TaskSignals
 from kinema.tasks.webhooks import WebhookSender
 from kinema.web.playground import install_playground
 
@@ -55,7 +56,11 @@ def create_app(
         engine = open_engine(settings.database)
         migrate(engine)
         store = Store(engine)
-        queue = StoreQueue(store.tasks)
+        # Waiters (run-and-wait, SSE) are woken by commits: this process's, and on PostgreSQL every
+        # process's through the queue's one LISTEN connection; the fallback re-read covers a missed one.
+        signals = TaskSignals(fallback_s=5.0 if store.db.postgresql else 1.0)
+        store.db.on_commit(signals.notify)
+        queue = open_queue(store, settings, signals)
         signer = Signer(load_secret(settings))
         ensure_admin_key(store.accounts, signer, settings, announce_key)
         storage = open_storage(settings)
@@ -82,7 +87,8 @@ def create_app(
             service=TaskService(store, queue, settings, storage),
             runner=runner,
             metrics=metrics,
-            limiter=RequestLimiter(settings.rate_limit) if settings.rate_limit else None,
+            signals=signals,
+            limiter=request_limiter(settings, store),
         )
         app.state.kinema = state
         public = settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -102,6 +108,7 @@ def create_app(
             sender.stop()
             if runner is not None:
                 runner.stop()
+            queue.close()
             engine.dispose()
 
     metrics = Metrics()

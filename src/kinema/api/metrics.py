@@ -1,5 +1,8 @@
-"""Prometheus metrics: tasks by state and queue depth (read from the store at scrape time), stage
-durations of finished tasks, and HTTP latency per route."""
+"""Prometheus metrics: tasks by state and queue depth per app (read from the store at scrape time, so every
+API process reports the whole cluster), stage durations of finished tasks, and HTTP latency per route.
+
+`kinema_queue_depth{app}` and `kinema_tasks_running{app}` are what an autoscaler watches: add workers for an
+app while its queue is deep, remove them when both are zero."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kinema.domain.tasks import Task
+from kinema.apps.registry import list_apps
+from kinema.domain.tasks import Task, TaskStatus
 from kinema.store.tasks import TaskRepo
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -29,7 +33,17 @@ class StoreCollector(Collector):
         for status, count in sorted(counts.items()):
             tasks.add_metric([status], count)
         yield tasks
-        yield GaugeMetricFamily("kinema_queue_depth", "Tasks waiting for a worker.", value=counts["queued"])
+        by_app = self.tasks.counts_by_app([TaskStatus.queued, TaskStatus.running])
+        apps = sorted({app.id for app in list_apps()} | {app for app, _ in by_app})
+        depth = GaugeMetricFamily("kinema_queue_depth", "Tasks waiting for a worker, by app.", labels=["app"])
+        running = GaugeMetricFamily(
+            "kinema_tasks_running", "Tasks running on a worker, by app.", labels=["app"]
+        )
+        for app in apps:
+            depth.add_metric([app], by_app.get((app, TaskStatus.queued.value), 0))
+            running.add_metric([app], by_app.get((app, TaskStatus.running.value), 0))
+        yield depth
+        yield running
 
 
 class Metrics:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -46,7 +45,7 @@ from kinema.api.models import (
     WeightsOut,
 )
 from kinema.api.ranges import StoredFileResponse, byte_ranges
-from kinema.api.security import RequestLimiter, Signer, issue_key
+from kinema.api.security import Limiter, Signer, issue_key
 from kinema.apps.registry import App, get_app, list_apps
 from kinema.apps.schema import VideoInput
 from kinema.billing.pricing import format_micros, to_micros
@@ -72,10 +71,10 @@ from kinema.store.accounts import AccountSummary, ApiKey, ApiKeyInfo, User
 from kinema.store.files import StoredFile
 from kinema.tasks.runner import Runner
 from kinema.tasks.service import RunOptions, TaskService
+from kinema.tasks.signals import TaskSignals
 from kinema.tasks.worker import image_limits
 
-SSE_POLL_S = 0.2
-WAIT_POLL_S = 0.1
+DISCONNECT_CHECK_S = 1.0  # how often a waiting run request checks that its client is still there
 
 
 @dataclass
@@ -89,7 +88,8 @@ class ServerState:
     service: TaskService
     runner: Runner | None
     metrics: Metrics
-    limiter: RequestLimiter | None = None
+    signals: TaskSignals = field(default_factory=TaskSignals)
+    limiter: Limiter | None = None
     key_touched: dict[str, float] = field(default_factory=dict)
 
 
@@ -111,7 +111,10 @@ async def principal(
     if key is None:
         raise Unauthorized("invalid API key")
     if st.limiter is not None:
-        st.limiter.hit(key.id)
+        if st.limiter.blocking:
+            await run_in_threadpool(st.limiter.hit, key.id)
+        else:
+            st.limiter.hit(key.id)
     now = time.monotonic()
     if now - st.key_touched.get(key.id, -KEY_TOUCH_EVERY_S) >= KEY_TOUCH_EVERY_S:
         st.key_touched[key.id] = now  # last_used_at is written at most once a minute per key
@@ -228,14 +231,23 @@ def wait_seconds(wait: bool, prefer: str | None, limit: float) -> float:
 
 
 async def wait_for(request: Request, task: Task, seconds: float) -> Task:
-    """Poll the store until the task ends, the time is up, or the client goes away."""
+    """Wait until the task ends, the time is up, or the client goes away.
+
+    The task is read again when its events change (a signal), not on a timer; without a signal, only every
+    signals.fallback_s seconds.
+    """
     st = state(request)
     deadline = time.monotonic() + seconds
-    while not task.status.finished and time.monotonic() < deadline:
-        if await request.is_disconnected():
-            break
-        await asyncio.sleep(WAIT_POLL_S)
-        task = await run_in_threadpool(st.store.tasks.get, task.id)
+    with st.signals.watch(task.id) as waiter:
+        task = await run_in_threadpool(st.store.tasks.get, task.id)  # what changed before we watched
+        reread = time.monotonic() + st.signals.fallback_s
+        while not task.status.finished and (left := deadline - time.monotonic()) > 0:
+            if await request.is_disconnected():
+                break
+            woken = await waiter.wait(min(left, DISCONNECT_CHECK_S, max(0.0, reread - time.monotonic())))
+            if woken or time.monotonic() >= reread:
+                task = await run_in_threadpool(st.store.tasks.get, task.id)
+                reread = time.monotonic() + st.signals.fallback_s
     return task
 
 
@@ -408,21 +420,26 @@ async def tasks_events(
 
 
 async def task_events(request: Request, task_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    """The task's events after `after`, each read when a signal says new ones were committed."""
     st = state(request)
-    while True:
-        events = await run_in_threadpool(st.store.tasks.events_after, task_id, after)
-        for event in events:
-            after = event.id
-            if event.kind == "done":
-                yield await final_event(request, task_id, event.id)
-                return
-            yield ServerSentEvent(id=str(event.id), event=event.kind, data=json.dumps(event.data))
-        if not events:
-            task = await run_in_threadpool(st.store.tasks.get, task_id)
-            if task.status.finished:  # resumed after the end: send the final task again
-                yield await final_event(request, task_id, after)
-                return
-            await asyncio.sleep(SSE_POLL_S)
+    with st.signals.watch(task_id) as waiter:
+        check_finished = True
+        while True:
+            events = await run_in_threadpool(st.store.tasks.events_after, task_id, after)
+            for event in events:
+                after = event.id
+                if event.kind == "done":
+                    yield await final_event(request, task_id, event.id)
+                    return
+                yield ServerSentEvent(id=str(event.id), event=event.kind, data=json.dumps(event.data))
+            if not events and check_finished:
+                task = await run_in_threadpool(st.store.tasks.get, task_id)
+                if task.status.finished:  # resumed after the end: send the final task again
+                    yield await final_event(request, task_id, after)
+                    return
+            if not events:
+                # a signal means new events; without one, read again (and check the end) after the fallback
+                check_finished = not await waiter.wait(st.signals.fallback_s)
 
 
 async def final_event(request: Request, task_id: str, event_id: int) -> ServerSentEvent:

@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlencode
 
 from kinema.errors import Forbidden, RateLimited
 from kinema.settings import Settings
+from kinema.store import Store
 from kinema.store.accounts import AccountRepo, ApiKeyInfo
+from kinema.store.limits import RateLimitRepo
 
 ADMIN_OWNER = "usr_admin"
 KEY_PREFIX = "kin_"
@@ -118,8 +121,59 @@ def ensure_admin_key(
     announce(key)
 
 
+class Limiter(Protocol):
+    """Counts a key's requests against the configured rate."""
+
+    blocking: bool  # hit() does I/O (run it off the event loop)
+
+    def hit(self, key_id: str) -> None:
+        """Count a request; RateLimited (429) with Retry-After when the key is over its rate."""
+        ...
+
+
+def request_limiter(settings: Settings, store: Store) -> Limiter | None:
+    """The rate limiter settings ask for: counted in PostgreSQL, so it holds across API processes; in this
+    process's memory on SQLite (one server process)."""
+    if not settings.rate_limit:
+        return None
+    if store.db.postgresql:
+        return SharedRequestLimiter(settings.rate_limit, store.limits)
+    return RequestLimiter(settings.rate_limit)
+
+
+def rate_limited(spec: str, retry_after: int) -> RateLimited:
+    return RateLimited(
+        f"too many requests for this API key (limit {spec}); retry in {retry_after} s",
+        retry_after=retry_after,
+        details={"limit": spec, "retry_after": retry_after},
+    )
+
+
+class SharedRequestLimiter:
+    """Requests per API key in a sliding window counted in the database (store.limits), shared by every
+    API process on it. `limits` has no SQL storage, so the counter is kinema's own (store/limits.py)."""
+
+    blocking = True
+
+    def __init__(self, spec: str, counters: RateLimitRepo) -> None:
+        from limits import parse
+
+        self.spec, self.counters = spec, counters
+        item = parse(spec)
+        self.amount, self.period_s = item.amount, float(item.get_expiry())
+
+    def hit(self, key_id: str) -> None:
+        decision = self.counters.hit(
+            f"key:{key_id}", limit=self.amount, period_s=self.period_s, now=time.time()
+        )
+        if not decision.allowed:
+            raise rate_limited(self.spec, max(1, math.ceil(decision.retry_after)))
+
+
 class RequestLimiter:
     """Requests per API key in a moving window (the `limits` library, in this process's memory)."""
+
+    blocking = False
 
     def __init__(self, spec: str) -> None:
         from limits import parse
@@ -135,9 +189,4 @@ class RequestLimiter:
         if self.limiter.hit(self.item, key_id):
             return
         stats = self.limiter.get_window_stats(self.item, key_id)
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        raise RateLimited(
-            f"too many requests for this API key (limit {self.spec}); retry in {retry_after} s",
-            retry_after=retry_after,
-            details={"limit": self.spec, "retry_after": retry_after},
-        )
+        raise rate_limited(self.spec, max(1, math.ceil(stats.reset_time - time.time())))

@@ -69,3 +69,6 @@ class Task(BaseModel):
     completed_at: datetime | None = None
     # The stored MP4's file id (server mode); output.video is a signed URL made from it per request.
     output_file: str | None = Field(default=None, exclude=True)
+    # Which start of the task this is (1, 2, ...), set when a worker claims it: the fencing token that lets
+    # only the current run record an end, so a run whose lease expired cannot finish a task twice.
+    attempt: int | None = Field(default=None, exclude=True)

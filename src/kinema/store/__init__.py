@@ -7,6 +7,7 @@ One `Store` is what callers hold. It reads and writes by topic, every topic thro
 - `store.files`: uploaded inputs and produced outputs (files.py)
 - `store.accounts`: users, API keys, credit, balance and usage (accounts.py, over ledger.py)
 - `store.webhooks`: deliveries and their attempts (webhooks.py)
+- `store.limits`: request counters for rate limits that hold across API processes (limits.py)
 
 The tables are in schema.py, their Alembic migrations in migrations/. The store imports only the domain,
 errors, billing and settings of kinema: the layers above (tasks, api, cli) call it, never the reverse.
@@ -19,6 +20,7 @@ from sqlalchemy import Engine
 from kinema.store.accounts import AccountRepo
 from kinema.store.db import Database
 from kinema.store.files import FileRepo
+from kinema.store.limits import RateLimitRepo
 from kinema.store.tasks import TaskRepo
 from kinema.store.webhooks import WebhookRepo
 
@@ -32,6 +34,7 @@ class Store:
         self.files = FileRepo(self.db)
         self.accounts = AccountRepo(self.db)
         self.webhooks = WebhookRepo(self.db)
+        self.limits = RateLimitRepo(self.db)
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -3,7 +3,8 @@ session/transaction helper every part of the store writes through."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,12 @@ from kinema.errors import NotFound
 from kinema.store.schema import ApiKeyRow, FileRow, TaskRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL NOTIFY channel carrying the ids of tasks whose events changed (waiters listen on it).
+TASK_EVENTS_CHANNEL = "kinema_task_events"
+# An arbitrary advisory-lock key: processes starting together on one database migrate one at a time.
+MIGRATION_LOCK = 0x6B696E656D61
+_CHANGED = "kinema.changed_tasks"
+_NOTIFY_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads from 8000
 
 
 def open_engine(url: str) -> Engine:
@@ -50,6 +57,8 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # two processes starting at once: one migrates
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -75,23 +84,71 @@ def rowcount(session: Session, statement: Update) -> int:
     return result.rowcount
 
 
+def mark_changed(session: Session, task_id: str) -> None:
+    """Record that a task's events changed in this transaction: waiters hear of it once it commits."""
+    session.info.setdefault(_CHANGED, set()).add(task_id)
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 class Database:
-    """One engine and its sessions. Thread-safe: every call opens its own session and transaction."""
+    """One engine and its sessions. Thread-safe: every call opens its own session and transaction.
+
+    Tasks whose events a transaction changed are announced when it commits: to this process's listeners
+    (on_commit), and on PostgreSQL with NOTIFY on TASK_EVENTS_CHANNEL, sent by the commit itself, so other
+    processes' listeners hear of exactly what was committed.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.postgresql = engine.dialect.name == "postgresql"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._listeners: list[Callable[[set[str]], None]] = []
+        self._listeners_lock = threading.Lock()
+
+    def on_commit(self, listener: Callable[[set[str]], None]) -> None:
+        """Call listener(task_ids) after each commit that changed those tasks' events (in the committing
+        thread: it must be quick and must not raise)."""
+        with self._listeners_lock:
+            self._listeners = [*self._listeners, listener]
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed when the block ends, rolled back if it raises."""
         with self._sessions.begin() as session:
             yield session
+            changed: set[str] = session.info.get(_CHANGED, set())
+            if changed and self.postgresql:
+                for payload in _payloads(sorted(changed)):
+                    session.execute(
+                        text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": TASK_EVENTS_CHANNEL, "payload": payload},
+                    )
+        changed = session.info.pop(_CHANGED, set())
+        if changed:
+            for listener in self._listeners:
+                listener(changed)
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+
+
+def _payloads(task_ids: list[str]) -> Iterator[str]:
+    """Space-separated task ids in NOTIFY payloads under PostgreSQL's size limit."""
+    batch: list[str] = []
+    size = 0
+    for task_id in task_ids:
+        if batch and size + len(task_id) + 1 > _NOTIFY_PAYLOAD:
+            yield " ".join(batch)
+            batch, size = [], 0
+        batch.append(task_id)
+        size += len(task_id) + 1
+    if batch:
+        yield " ".join(batch)
 
 
 Owned = TypeVar("Owned", TaskRow, FileRow, ApiKeyRow)

@@ -193,3 +193,16 @@ class WebhookAttemptRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+
+
+class RateLimitRow(Base):
+    """Requests counted per key and fixed window (window = start time // period), for rate limits that hold
+    across API processes; a key keeps at most its current and previous window."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200))
+    window: Mapped[int] = mapped_column(BigInteger)
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (PrimaryKeyConstraint("key", "window"),)

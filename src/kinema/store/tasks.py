@@ -1,29 +1,32 @@
 """Tasks and their event log: submit, claim, progress, finish, cancel, recover, read and list.
 
 Every state change is a conditional UPDATE (`... WHERE status = 'queued'`), so two workers or a worker and
-a cancel racing on the same task cannot both win. A task's end settles its money (ledger) and queues its
-webhook (webhooks) in the same transaction.
+a cancel racing on the same task cannot both win. A running task's end and progress are also fenced by its
+attempt number: a worker whose lease expired (and whose task was handed to another) can no longer write.
+A task's end settles its money (ledger) and queues its webhook (webhooks) in the same transaction; a queue
+that keeps rows of its own (procrastinate's jobs) is kept in step through a Dispatch, in that transaction
+too.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from kinema.billing.pricing import to_micros
 from kinema.domain.outputs import OutputMeta
 from kinema.domain.tasks import FINISHED, Task, TaskError, TaskProgress, TaskStatus, new_id, utcnow
 from kinema.errors import BadRequest, Conflict
 from kinema.store import ledger, webhooks
-from kinema.store.db import Database, aware, owned, rowcount
+from kinema.store.db import Database, aware, is_postgresql, mark_changed, owned, rowcount
 from kinema.store.schema import IdempotencyKeyRow, TaskEventRow, TaskRow
 
 
@@ -58,6 +61,33 @@ class Recovery:
     failed: list[str]
 
 
+class Dispatch(Protocol):
+    """A queue's own rows beside the task table (procrastinate's jobs), kept in step inside the store's
+    transactions. The task row says what is true; these rows only carry it to workers, so they commit or
+    roll back with it."""
+
+    def queued(self, session: Session, row: TaskRow) -> None:
+        """The task entered the queue (submitted, handed back, recovered): make it claimable."""
+        ...
+
+    def ended(self, session: Session, row: TaskRow) -> None:
+        """The task reached an end state, from queued or running: nothing is left to claim or run."""
+        ...
+
+    def stop_requested(self, session: Session, row: TaskRow) -> None:
+        """Someone asked the worker running the task to stop (a cancel, a deadline): tell that worker."""
+        ...
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialize claims for one account until this transaction ends, so a running cap holds across
+    processes: PostgreSQL takes an advisory lock; SQLite's single writer serializes claims already."""
+    if is_postgresql(session):
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"kinema.owner:{owner}"}
+        )
+
+
 def task_from_row(row: TaskRow) -> Task:
     error = TaskError(code=row.error_code, message=row.error_message or "") if row.error_code else None
     return Task(
@@ -74,7 +104,23 @@ def task_from_row(row: TaskRow) -> Task:
         started_at=aware(row.started_at),
         completed_at=aware(row.completed_at),
         output_file=row.output_file_id,
+        attempt=row.attempts or None,
     )
+
+
+def busy_owners(max_running: int) -> Any:
+    """The accounts running max_running tasks or more (a subquery)."""
+    return (
+        select(TaskRow.owner_id)
+        .where(TaskRow.status == TaskStatus.running.value)
+        .group_by(TaskRow.owner_id)
+        .having(func.count() >= max_running)
+    )
+
+
+def fence(attempt: int | None) -> tuple[Any, ...]:
+    """The extra WHERE clause that lets only the run holding attempt write (none without one)."""
+    return () if attempt is None else (TaskRow.attempts == attempt,)
 
 
 CANCELLED_BEFORE_START = TaskError(code="cancelled", message="the task was cancelled before it started")
@@ -97,6 +143,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 def add_event(session: Session, task_id: str, kind: str, data: dict[str, Any]) -> None:
     session.add(TaskEventRow(task_id=task_id, kind=kind, data=data, created_at=utcnow()))
+    mark_changed(session, task_id)
 
 
 def _finished_events(session: Session, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
@@ -128,6 +175,26 @@ class TaskRepo:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.dispatch: Dispatch | None = None
+
+    def use_dispatch(self, dispatch: Dispatch) -> None:
+        """Keep a queue's own rows in step with the tasks, in the same transactions, from now on."""
+        self.dispatch = dispatch
+
+    def _end(
+        self,
+        session: Session,
+        row: TaskRow,
+        status: TaskStatus,
+        error: TaskError | None,
+        now: datetime,
+        *,
+        charge: int | None = None,
+        currency: str = "USD",
+    ) -> None:
+        _ended(session, row, status, error, now, charge=charge, currency=currency)
+        if self.dispatch is not None:
+            self.dispatch.ended(session, row)
 
     def submit(
         self,
@@ -241,6 +308,8 @@ class TaskRepo:
                 )
             session.flush()
             add_event(session, row.id, "status", {"status": "queued"})
+            if self.dispatch is not None:
+                self.dispatch.queued(session, row)
             return Submission(task_from_row(row))
 
     def get(self, task_id: str, *, owner: str | None = None) -> Task:
@@ -282,50 +351,85 @@ class TaskRepo:
         return TaskPage(tasks=[task_from_row(r) for r in rows], next_cursor=next_cursor)
 
     def claim_next(
-        self, worker_id: str, apps: Sequence[str] | None = None, *, max_running_per_owner: int | None = None
+        self,
+        worker_id: str,
+        apps: Sequence[str] | None = None,
+        *,
+        max_running_per_owner: int | None = None,
+        prefer: Collection[str] = (),
     ) -> Task | None:
         """Atomically move the oldest queued task to running for this worker; None when none is queued.
 
-        With max_running_per_owner, tasks of accounts already running that many wait in the queue.
+        Tasks of the apps in prefer (whose models the worker has warm) go first. With max_running_per_owner,
+        tasks of accounts already running that many wait in the queue.
         """
         for _ in range(5):
             with self.db.session() as session:
-                query = select(TaskRow.id).where(TaskRow.status == TaskStatus.queued.value)
+                query = select(TaskRow.id, TaskRow.owner_id).where(TaskRow.status == TaskStatus.queued.value)
                 if apps is not None:
                     query = query.where(TaskRow.app.in_(apps))
                 if max_running_per_owner is not None:
-                    busy = (
-                        select(TaskRow.owner_id)
-                        .where(TaskRow.status == TaskStatus.running.value)
-                        .group_by(TaskRow.owner_id)
-                        .having(func.count() >= max_running_per_owner)
-                    )
-                    query = query.where(TaskRow.owner_id.not_in(busy))
-                task_id = session.scalar(query.order_by(TaskRow.created_at, TaskRow.id).limit(1))
-                if task_id is None:
+                    query = query.where(TaskRow.owner_id.not_in(busy_owners(max_running_per_owner)))
+                order: list[Any] = [TaskRow.created_at, TaskRow.id]
+                if prefer:
+                    order.insert(0, case((TaskRow.app.in_(list(prefer)), 0), else_=1))
+                found = session.execute(query.order_by(*order).limit(1)).first()
+                if found is None:
                     return None
-                now = utcnow()
-                claimed = rowcount(
-                    session,
-                    update(TaskRow)
-                    .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.queued.value)
-                    .values(
-                        status=TaskStatus.running.value,
-                        worker_id=worker_id,
-                        started_at=now,
-                        heartbeat_at=now,
-                        updated_at=now,
-                        attempts=TaskRow.attempts + 1,
-                    ),
+                task = self.claim(
+                    session, found.id, found.owner_id, worker_id, max_running_per_owner=max_running_per_owner
                 )
-                if claimed:
-                    add_event(session, task_id, "status", {"status": "running"})
-                    row = session.get(TaskRow, task_id, populate_existing=True)
-                    assert row is not None
-                    webhooks.enqueue(session, row, "start", now, new_id("msg"))
-                    return task_from_row(row)
-            # another worker took it between the select and the update; try the next one
+                if task is not None:
+                    return task
+            # another worker took it (or its account reached the cap) between the select and the update
         return None
+
+    def claim(
+        self,
+        session: Session,
+        task_id: str,
+        owner: str,
+        worker_id: str,
+        *,
+        max_running_per_owner: int | None = None,
+    ) -> Task | None:
+        """Move one queued task of owner to running for worker_id, in the caller's transaction.
+
+        None when it is no longer queued, or when its account already runs max_running_per_owner tasks: the
+        cap is checked by the UPDATE itself, with the account's claims serialized, so it holds across
+        processes.
+        """
+        if max_running_per_owner is not None:
+            lock_owner(session, owner)
+        now = utcnow()
+        claim = update(TaskRow).where(TaskRow.id == task_id, TaskRow.status == TaskStatus.queued.value)
+        if max_running_per_owner is not None:
+            running = aliased(TaskRow)
+            count = (
+                select(func.count())
+                .select_from(running)
+                .where(running.owner_id == owner, running.status == TaskStatus.running.value)
+                .scalar_subquery()
+            )
+            claim = claim.where(count < max_running_per_owner)
+        claimed = rowcount(
+            session,
+            claim.values(
+                status=TaskStatus.running.value,
+                worker_id=worker_id,
+                started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=TaskRow.attempts + 1,
+            ),
+        )
+        if not claimed:
+            return None
+        add_event(session, task_id, "status", {"status": "running"})
+        row = session.get(TaskRow, task_id, populate_existing=True)
+        assert row is not None
+        webhooks.enqueue(session, row, "start", now, new_id("msg"))
+        return task_from_row(row)
 
     def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> set[str]:
         """Stamp these running tasks of worker_id as alive now; the ids it still holds."""
@@ -340,16 +444,19 @@ class TaskRepo:
             session.execute(update(TaskRow).where(*held).values(heartbeat_at=utcnow()))
             return set(session.scalars(select(TaskRow.id).where(*held)))
 
-    def set_progress(self, task_id: str, progress: TaskProgress) -> None:
+    def set_progress(self, task_id: str, progress: TaskProgress, *, attempt: int | None = None) -> None:
+        """Record a running task's progress (only the run holding attempt, when given, may)."""
         data = progress.model_dump(exclude_none=True)
         now = utcnow()
         with self.db.session() as session:
-            rowcount(
+            held = rowcount(
                 session,
                 update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
+                .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value, *fence(attempt))
                 .values(progress=data, updated_at=now),
             )
+            if attempt is not None and not held:
+                return  # a run that lost its lease: its progress is no longer the task's
             add_event(session, task_id, "progress", data)
             row = session.get(TaskRow, task_id)
             if row is not None and row.webhook_url:
@@ -359,11 +466,12 @@ class TaskRepo:
         with self.db.session() as session:
             add_event(session, task_id, "log", {"message": message})
 
-    def finish(self, task: Task, *, charge: bool = True) -> bool:
+    def finish(self, task: Task, *, charge: bool = True, attempt: int | None = None) -> bool:
         """Record a running task's end state, settle its money and queue its webhook, in one transaction.
 
         A completed task is charged its output_meta.billing cost when charge is true (billing switched on).
-        False if it was no longer running (nothing is written, nothing is charged).
+        False if it was no longer running, or (with attempt) no longer running as that attempt: its lease
+        expired and the task was handed on. Then nothing is written and nothing is charged.
         """
         now = utcnow()
         error = task.error
@@ -383,7 +491,7 @@ class TaskRepo:
             done = rowcount(
                 session,
                 update(TaskRow)
-                .where(TaskRow.id == task.id, TaskRow.status == TaskStatus.running.value)
+                .where(TaskRow.id == task.id, TaskRow.status == TaskStatus.running.value, *fence(attempt))
                 .values(**values),
             )
             if done:
@@ -392,7 +500,7 @@ class TaskRepo:
                 billing = task.output_meta.billing if task.output_meta else None
                 completed = charge and billing is not None and task.status is TaskStatus.completed
                 amount = to_micros(billing.cost) if completed and billing is not None else None
-                _ended(
+                self._end(
                     session,
                     row,
                     task.status,
@@ -403,13 +511,14 @@ class TaskRepo:
                 )
             return bool(done)
 
-    def requeue(self, task_id: str) -> bool:
-        """Put a running task back in the queue (its worker is shutting down)."""
+    def requeue(self, task_id: str, *, attempt: int | None = None) -> bool:
+        """Put a running task back in the queue (its worker is shutting down); with attempt, only if that
+        run still holds it."""
         with self.db.session() as session:
             done = rowcount(
                 session,
                 update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
+                .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value, *fence(attempt))
                 .values(
                     status=TaskStatus.queued.value,
                     worker_id=None,
@@ -421,7 +530,14 @@ class TaskRepo:
             if done:
                 add_event(session, task_id, "status", {"status": "queued"})
                 add_event(session, task_id, "log", {"message": "worker stopped; task requeued"})
+                self._queued_again(session, task_id)
             return bool(done)
+
+    def _queued_again(self, session: Session, task_id: str) -> None:
+        if self.dispatch is not None:
+            row = session.get(TaskRow, task_id, populate_existing=True)
+            assert row is not None
+            self.dispatch.queued(session, row)
 
     def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
         """Cancel a queued task at once, or flag a running one for its worker; finished tasks: Conflict."""
@@ -444,15 +560,18 @@ class TaskRepo:
                 )
                 if done:
                     session.refresh(row)
-                    _ended(session, row, TaskStatus.cancelled, CANCELLED_BEFORE_START, now)
+                    self._end(session, row, TaskStatus.cancelled, CANCELLED_BEFORE_START, now)
             elif row.status == TaskStatus.running.value:
-                rowcount(
+                flagged = rowcount(
                     session,
                     update(TaskRow)
                     .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.running.value)
                     .values(cancel_requested=True, cancel_reason="user", updated_at=now),
                 )
                 add_event(session, task_id, "log", {"message": "cancellation requested"})
+                if flagged and self.dispatch is not None:
+                    session.refresh(row)
+                    self.dispatch.stop_requested(session, row)
             else:
                 raise Conflict(f"task {task_id} is already {row.status}", details={"status": row.status})
             session.refresh(row)
@@ -466,16 +585,41 @@ class TaskRepo:
             query = select(TaskRow.id).where(TaskRow.id.in_(task_ids), TaskRow.cancel_requested.is_(True))
             return set(session.scalars(query))
 
-    def recover_running(self, max_attempts: int, *, worker_prefix: str | None = None) -> Recovery:
-        """Tasks left running by a process that died: requeue them, or fail them after max_attempts."""
+    def running_workers(self, prefix: str) -> set[str]:
+        """The workers (ids starting with prefix: one host's) that hold running tasks now."""
+        with self.db.session() as session:
+            query = select(TaskRow.worker_id).where(
+                TaskRow.status == TaskStatus.running.value, TaskRow.worker_id.startswith(prefix)
+            )
+            return {worker for worker in session.scalars(query.distinct()) if worker is not None}
+
+    def recover_running(
+        self,
+        max_attempts: int,
+        *,
+        lease_s: float,
+        dead_workers: Collection[str] = (),
+        restarted: bool = False,
+    ) -> Recovery:
+        """Take back running tasks whose worker is gone: requeue them, or fail them after max_attempts.
+
+        A worker is gone when it has not heartbeated for lease_s seconds, or when it is in dead_workers (a
+        process known to have exited). A live worker's task is never touched. restarted: the caller is a
+        server starting up, finding what its own previous run left.
+        """
         requeued: list[str] = []
         failed: list[str] = []
+        now = utcnow()
+        cutoff = now - timedelta(seconds=lease_s)
+        stale = or_(TaskRow.heartbeat_at.is_(None), TaskRow.heartbeat_at < cutoff)
+        gone = or_(stale, TaskRow.worker_id.in_(list(dead_workers))) if dead_workers else stale
         with self.db.session() as session:
-            query = select(TaskRow).where(TaskRow.status == TaskStatus.running.value)
-            if worker_prefix is not None:
-                query = query.where(TaskRow.worker_id.startswith(worker_prefix))
-            for row in session.scalars(query.with_for_update()):
-                now = utcnow()
+            query = select(TaskRow).where(TaskRow.status == TaskStatus.running.value, gone)
+            for row in session.scalars(query.with_for_update(skip_locked=True)):
+                if row.worker_id in dead_workers:
+                    why = "the server restarted mid-task" if restarted else "the process running it exited"
+                else:
+                    why = f"its worker sent no heartbeat for {lease_s:g} s"
                 if row.cancel_requested or row.attempts >= max_attempts:
                     status = TaskStatus.cancelled if row.cancel_requested else TaskStatus.failed
                     error = (
@@ -488,17 +632,29 @@ class TaskRepo:
                     )
                     row.status, row.error_code, row.error_message = status.value, error.code, error.message
                     row.completed_at = row.updated_at = now
-                    _ended(session, row, status, error, now)
+                    add_event(session, row.id, "log", {"message": f"{why}; task ended"})
+                    self._end(session, row, status, error, now)
                     failed.append(row.id)
                 else:
                     row.status, row.worker_id, row.progress, row.updated_at = "queued", None, None, now
                     row.heartbeat_at = None
                     add_event(session, row.id, "status", {"status": "queued"})
-                    add_event(
-                        session, row.id, "log", {"message": "the server restarted mid-task; task requeued"}
-                    )
+                    add_event(session, row.id, "log", {"message": f"{why}; task requeued"})
+                    if self.dispatch is not None:
+                        session.flush()
+                        self.dispatch.queued(session, row)
                     requeued.append(row.id)
         return Recovery(requeued=requeued, failed=failed)
+
+    def counts_by_app(self, statuses: Sequence[TaskStatus]) -> dict[tuple[str, str], int]:
+        """How many tasks each app has in each of these statuses, keyed (app, status); absent: none."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(TaskRow.app, TaskRow.status, func.count())
+                .where(TaskRow.status.in_([s.value for s in statuses]))
+                .group_by(TaskRow.app, TaskRow.status)
+            ).all()
+        return {(app, status): count for app, status, count in rows}
 
     def counts_by_status(self) -> dict[str, int]:
         with self.db.session() as session:
@@ -523,10 +679,12 @@ class TaskRepo:
                     row.status, row.completed_at, row.updated_at = TaskStatus.cancelled.value, now, now
                     row.error_code, row.error_message = DEADLINE_ERROR.code, DEADLINE_ERROR.message
                     row.cancel_requested, row.cancel_reason = True, "deadline"
-                    _ended(session, row, TaskStatus.cancelled, DEADLINE_ERROR, now)
+                    self._end(session, row, TaskStatus.cancelled, DEADLINE_ERROR, now)
                 else:
                     row.cancel_requested, row.cancel_reason, row.updated_at = True, "deadline", now
                     add_event(session, row.id, "log", {"message": "Cancel-After deadline passed; stopping"})
+                    if self.dispatch is not None:
+                        self.dispatch.stop_requested(session, row)
                 expired.append(row.id)
         return expired
 

@@ -7,19 +7,22 @@ work, claims, heartbeats, learns of cancellations). Neither knows the other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from kinema.domain.tasks import Task
+from kinema.settings import Settings
+from kinema.store import Store
 from kinema.store.tasks import Recovery, TaskRepo
+from kinema.tasks.signals import TaskSignals
 
 
 class TaskQueue(Protocol):
     """Queued tasks on their way to workers: wake-ups, claims, heartbeats, requeues, cancels, recovery.
 
-    StoreQueue is the embedded one: the task table is the queue, wake-ups stay in this process. A later
-    PostgreSQL queue (procrastinate: SKIP LOCKED claims, LISTEN/NOTIFY wake-ups, abort, stalled-job
-    recovery) implements this same protocol for `kinema worker` processes.
+    StoreQueue is the embedded one: the task table is the queue, wake-ups stay in this process.
+    ProcrastinateQueue (tasks.pgqueue) is the cluster's: procrastinate's job rows on PostgreSQL, SKIP LOCKED
+    claims, LISTEN/NOTIFY wake-ups and aborts, for `kinema worker` processes on many machines.
     """
 
     def wake(self) -> None:
@@ -31,11 +34,17 @@ class TaskQueue(Protocol):
         ...
 
     def claim(
-        self, worker_id: str, apps: Sequence[str] | None, *, max_running_per_owner: int | None
+        self,
+        worker_id: str,
+        apps: Sequence[str] | None,
+        *,
+        max_running_per_owner: int | None,
+        prefer: Collection[str] = (),
     ) -> Task | None:
         """The oldest queued task of these apps (None: any), now running for worker_id; None if none fits.
 
-        Tasks of accounts already running max_running_per_owner tasks stay queued.
+        Tasks of apps in prefer (models the worker has warm) go first. Tasks of accounts already running
+        max_running_per_owner tasks stay queued, however many processes claim.
         """
         ...
 
@@ -43,8 +52,9 @@ class TaskQueue(Protocol):
         """worker_id says these running tasks are alive; the ids it still holds."""
         ...
 
-    def requeue(self, task_id: str) -> bool:
-        """Put a running task back in the queue (its worker is stopping); False if it was not running."""
+    def requeue(self, task_id: str, *, attempt: int | None = None) -> bool:
+        """Put a running task back in the queue (its worker is stopping); False if it was not running (as
+        that attempt, when given)."""
         ...
 
     def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
@@ -59,8 +69,20 @@ class TaskQueue(Protocol):
         """Which of these running tasks someone asked to stop."""
         ...
 
-    def recover(self, max_attempts: int) -> Recovery:
-        """At start: requeue tasks a stopped process left running, or fail those tried max_attempts times."""
+    def recover(
+        self,
+        max_attempts: int,
+        *,
+        lease_s: float,
+        dead_workers: Collection[str] = (),
+        restarted: bool = False,
+    ) -> Recovery:
+        """Take back running tasks whose worker is gone (no heartbeat for lease_s, or known dead): requeue
+        them, or fail those tried max_attempts times. A live worker's task is never touched."""
+        ...
+
+    def close(self) -> None:
+        """Stop what the queue runs in the background (a listener); claims and cancels stop working."""
         ...
 
 
@@ -83,15 +105,22 @@ class StoreQueue:
         self._queued.clear()
 
     def claim(
-        self, worker_id: str, apps: Sequence[str] | None, *, max_running_per_owner: int | None
+        self,
+        worker_id: str,
+        apps: Sequence[str] | None,
+        *,
+        max_running_per_owner: int | None,
+        prefer: Collection[str] = (),
     ) -> Task | None:
-        return self.tasks.claim_next(worker_id, apps, max_running_per_owner=max_running_per_owner)
+        return self.tasks.claim_next(
+            worker_id, apps, max_running_per_owner=max_running_per_owner, prefer=prefer
+        )
 
     def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> set[str]:
         return self.tasks.heartbeat(worker_id, task_ids)
 
-    def requeue(self, task_id: str) -> bool:
-        return self.tasks.requeue(task_id)
+    def requeue(self, task_id: str, *, attempt: int | None = None) -> bool:
+        return self.tasks.requeue(task_id, attempt=attempt)
 
     def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
         task = self.tasks.request_cancel(task_id, owner=owner)
@@ -105,5 +134,29 @@ class StoreQueue:
     def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
         return self.tasks.cancel_requested(task_ids)
 
-    def recover(self, max_attempts: int) -> Recovery:
-        return self.tasks.recover_running(max_attempts)
+    def recover(
+        self,
+        max_attempts: int,
+        *,
+        lease_s: float,
+        dead_workers: Collection[str] = (),
+        restarted: bool = False,
+    ) -> Recovery:
+        return self.tasks.recover_running(
+            max_attempts, lease_s=lease_s, dead_workers=dead_workers, restarted=restarted
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def open_queue(store: Store, settings: Settings, signals: TaskSignals | None = None) -> TaskQueue:
+    """The queue settings ask for: procrastinate on PostgreSQL (by default), the task table on SQLite.
+
+    signals, when given, hears of task events committed by other processes too (PostgreSQL's NOTIFY).
+    """
+    if settings.uses_procrastinate:
+        from kinema.tasks.pgqueue import ProcrastinateQueue
+
+        return ProcrastinateQueue(store, settings, signals)
+    return StoreQueue(store.tasks)

@@ -77,6 +77,14 @@ class PreparedInput:
     aspect_ratio: str
 
 
+def task_output_key(task: Task) -> str:
+    """Where a run of the task stores its MP4: the task's own key for its first run; a retry (a second
+    attempt after a worker was lost) gets a key of its own, so a late first run can neither overwrite nor
+    delete what the retry stored."""
+    retry = task.attempt if task.attempt is not None and task.attempt > 1 else None
+    return output_key(task.id, retry)
+
+
 def image_limits(settings: Settings) -> ImageLimits:
     """The image limits configured in settings."""
     return ImageLimits(
@@ -211,7 +219,7 @@ def _deliver(
     report(ProgressEvent("store"))
     timings = dict(rendered.timings)
     started = time.perf_counter()
-    stored = ctx.storage.put(staging, output_key(task.id))
+    stored = ctx.storage.put(staging, task_output_key(task))
     timings["store"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - begun
     meta = OutputMeta(
