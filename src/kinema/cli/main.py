@@ -719,6 +719,65 @@ def serve(
     )
 
 
+WORKER_HELP = """Run worker processes that take queued tasks from the server's database.
+
+Point them at the API's database (KINEMA_DATABASE_URL, PostgreSQL for a cluster) and storage, and start one
+per machine. With --gpus 0,1 a parent process runs one worker per GPU (each owning its GPU and keeping its
+models warm) and restarts any that dies; without it, one worker runs on the CPU (or GPU 0). Each worker
+serves every app this machine can run, or those given with --apps, and prefers tasks for models it already
+has loaded.
+
+SIGTERM (or Ctrl-C) lets the running task finish for up to KINEMA_WORKER_GRACE_S seconds, then hands it back
+to the queue; a second SIGTERM hands it back at once. A worker killed outright loses its lease after
+KINEMA_LEASE_S seconds without a heartbeat, and another worker runs the task again (up to
+KINEMA_TASK_MAX_ATTEMPTS starts).
+
+\b
+Settings (environment, or a .env file):
+  KINEMA_DATABASE_URL   the API's task store, e.g. postgresql+psycopg://user:pw@host/kinema
+  KINEMA_STORAGE_DIR    shared storage for outputs and uploads (or the S3 settings)
+  KINEMA_LEASE_S        seconds without a heartbeat before a task is taken back (default 30)
+  KINEMA_WORKER_GRACE_S seconds a stopping worker lets its task finish (default 60)
+  KINEMA_WORKER_APPS    the apps to serve, like --apps
+  KINEMA_REMOTE_WORKERS threads for provider apps such as Veo (default 4; in the first process only)
+  KINEMA_WARM_MODELS    models each process keeps loaded (default 1)
+"""
+
+
+@app.command("worker", help=WORKER_HELP)
+def worker(
+    gpus: Annotated[
+        str | None, typer.Option(help="GPUs to run workers on, one process each, e.g. 0,1 (KINEMA_GPUS).")
+    ] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="CPU worker processes to run (without --gpus; default 1).")
+    ] = 1,
+    apps: Annotated[
+        str | None,
+        typer.Option(help="Only these apps, e.g. kinema/tiny,lightricks/ltx-2-fast (KINEMA_WORKER_APPS)."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (KINEMA_DATA_DIR).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    from kinema.cli.worker import start_workers
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"gpus": gpus, "data_dir": data_dir, "worker_apps": apps}.items() if v is not None
+    }
+    settings = Settings(**overrides)
+    quiet_libraries()
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    )
+    try:
+        code = start_workers(
+            settings, processes=processes, apps=settings.worker_apps or None, log_level=log_level
+        )
+    except ValueError as exc:
+        raise fail(str(exc), USAGE) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point: every refusal (a usage error too) is one line on stderr and exit 2."""
     try:

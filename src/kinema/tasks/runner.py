@@ -199,13 +199,19 @@ class Runner:
         for task_id in recovered.failed:
             log.warning("task %s was left running too many times (or was cancelled); ended", task_id)
 
-    def drain(self, grace_s: float, timeout: float = 30.0) -> None:
-        """Stop claiming; let running tasks finish for up to grace_s, then hand the rest back and stop."""
+    def drain(
+        self, grace_s: float, timeout: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
+        """Stop claiming; let running tasks finish for up to grace_s (or until interrupt is set), then hand
+        the rest back to the queue and stop."""
         self._draining.set()
         self.queue.wake()
         deadline = time.monotonic() + grace_s
         for thread in self._workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                if interrupt is not None and interrupt.is_set():
+                    break
+                thread.join(min(0.2, max(0.0, deadline - time.monotonic())))
         with self._lock:
             left = list(self._running)
         if left:

@@ -8,6 +8,7 @@ Create Date: 2026-12-10 10:00:00.000000
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,6 +19,13 @@ branch_labels = None
 depends_on = None
 
 PROCRASTINATE_SCHEMA = Path(__file__).parents[1] / "sql" / "procrastinate-3.10.0.sql"
+
+
+def psycopg_connection(bind: sa.Connection) -> Any:
+    """The driver's connection under this migration's transaction (scripts with literal % signs go to it)."""
+    connection = bind.connection.driver_connection
+    assert connection is not None
+    return connection
 
 
 def upgrade() -> None:
@@ -33,7 +41,7 @@ def upgrade() -> None:
         return
     # procrastinate's schema as its release ships it: a multi-statement script with literal % signs, so it
     # goes to psycopg as is (no parameters), inside this migration's transaction.
-    bind.connection.driver_connection.execute(PROCRASTINATE_SCHEMA.read_text())
+    psycopg_connection(bind).execute(PROCRASTINATE_SCHEMA.read_text())
     # Tasks queued before the queue moved to procrastinate get their job, so nothing queued is stranded.
     bind.exec_driver_sql(
         """
@@ -47,7 +55,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        bind.connection.driver_connection.execute(
+        psycopg_connection(bind).execute(
             """
             DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs,
                 procrastinate_workers CASCADE;
