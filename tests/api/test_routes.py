@@ -244,7 +244,8 @@ def test_health_readiness_and_metrics(api: httpx.Client, live_server: LiveServer
     assert task["status"] == "completed"
     metrics = api.get("/metrics").text
     assert 'kinema_tasks{status="completed"} 1.0' in metrics
-    assert "kinema_queue_depth 0.0" in metrics
+    assert 'kinema_queue_depth{app="kinema/tiny"} 0.0' in metrics  # per app: what an autoscaler watches
+    assert 'kinema_tasks_running{app="lightricks/ltx-2-fast"} 0.0' in metrics
     assert 'kinema_stage_seconds_count{app="kinema/tiny",stage="denoise"} 1.0' in metrics
     assert 'kinema_tasks_finished_total{app="kinema/tiny",status="completed"} 1.0' in metrics
     assert (

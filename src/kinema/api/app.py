@@ -67,7 +67,7 @@ def create_app(
         await run_in_threadpool(storage.sweep_staging, settings.staging_grace_s)  # a crash's leftovers
         runner = None
         if settings.local_workers > 0 or settings.remote_workers > 0:
-            cache = warm or WARM_MODELS
+            cache = warm if warm is not None else WARM_MODELS  # an empty cache is falsy (len 0)
             cache.capacity = settings.warm_models
             runner = Runner(
                 store,

@@ -91,6 +91,19 @@ STRANDED_SQL = text(
 )
 
 
+# Jobs left behind their task (it ended, or is running as another job, while a different queue ran on this
+# database): recovery finishes and deletes them.
+ORPHANED_SQL = text(
+    """
+    SELECT j.id, j.status::text AS status FROM procrastinate_jobs AS j
+      LEFT JOIN tasks AS t ON t.id = j.lock
+     WHERE (j.status = 'todo' AND (t.id IS NULL OR t.status <> 'queued'))
+        OR (j.status = 'doing' AND (t.id IS NULL OR t.status <> 'running'))
+       FOR UPDATE OF j SKIP LOCKED
+    """
+)
+
+
 def conninfo(database_url: str) -> str:
     """A libpq connection string for psycopg from kinema's SQLAlchemy URL (postgresql+psycopg://...)."""
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -135,10 +148,14 @@ class ProcrastinateJobs:
 
     def _drop(self, session: Session, task_id: str, status: str) -> None:
         """Finish and delete the task's waiting or running job, if it has one."""
+        self.finish(session, [job_id for job_id, _ in self._live(session, task_id)], status)
+
+    def finish(self, session: Session, job_ids: Sequence[int], status: str) -> None:
+        """Finish these jobs with status (succeeded, failed, aborted) and delete them (procrastinate's
+        finish_job): the task rows and their events are the history."""
         connection = driver_connection(session)
-        connector = self.app.connector
-        for job_id, _ in self._live(session, task_id):
-            connector.execute_query_all_with_connection(  # type: ignore[attr-defined]
+        for job_id in job_ids:
+            self.app.connector.execute_query_all_with_connection(  # type: ignore[attr-defined]
                 connection,
                 query=procrastinate_sql.queries["finish_job"],
                 job_id=job_id,
@@ -307,17 +324,21 @@ class ProcrastinateQueue:
         recovered = self.tasks.recover_running(
             max_attempts, lease_s=lease_s, dead_workers=dead_workers, restarted=restarted
         )
-        self.redispatch_stranded()
+        self.reconcile()
         return recovered
 
-    def redispatch_stranded(self) -> list[str]:
-        """Give every queued task without a waiting job its job; the ids that needed one."""
+    def reconcile(self) -> list[str]:
+        """Give every queued task without a waiting job its job, and end jobs whose task is no longer
+        waiting or running; the ids of the tasks that needed a job."""
         with self.store.db.session() as session:
             stranded = list(session.scalars(STRANDED_SQL))
             for task_id in stranded:
                 row = session.get(TaskRow, task_id)
                 assert row is not None
                 self.jobs.queued(session, row)
+            orphaned = session.execute(ORPHANED_SQL).all()
+            if orphaned:
+                self.jobs.finish(session, [job.id for job in orphaned], "failed")
         for task_id in stranded:
             log.warning("task %s was queued without a job; dispatched it", task_id)
         return stranded
