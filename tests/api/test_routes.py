@@ -290,3 +290,54 @@ def test_api_docs_work_offline(live_server: LiveServer) -> None:
         assert assets and all(a.startswith("/") for a in assets), assets  # nothing from a CDN
         for asset in assets:
             assert httpx.get(live_server.url + asset).status_code == 200, asset
+
+
+def test_waiting_runs_and_event_streams_are_woken_by_commits_not_by_polling(
+    settings: Settings, warm: WarmModels
+) -> None:
+    import json
+    import threading
+    import time
+
+    from kinema.domain.tasks import TaskStatus
+
+    server = LiveServer(server_settings(settings, workers=0, remote_workers=0), warm).start()
+    st = server.state
+    reads: list[str] = []
+    get = st.store.tasks.get
+    st.store.tasks.get = lambda task_id, **kw: (reads.append(task_id), get(task_id, **kw))[1]
+    try:
+        with server.client() as api:
+            started = time.monotonic()
+            waited = api.post(TINY_RUN, json={"prompt": "nobody runs me"}, headers={"Prefer": "wait=2"})
+            assert waited.status_code == 202 and time.monotonic() - started >= 2
+            assert len(reads) <= 4  # once at the start, then every fallback_s (1 s): polling read 20 times
+            task_id = waited.json()["id"]
+            seen: list[tuple[str, float]] = []
+
+            def follow() -> None:
+                with api.stream("GET", f"/v1/tasks/{task_id}/events") as stream:
+                    kind = ""
+                    for line in stream.iter_lines():
+                        if line.startswith("event:"):
+                            kind = line[6:].strip()
+                        elif line.startswith("data:"):
+                            seen.append((kind, time.monotonic()))
+                            if kind == "task":
+                                assert json.loads(line[5:])["status"] == "completed"
+
+            thread = threading.Thread(target=follow)
+            thread.start()
+            time.sleep(0.5)
+            claimed = st.store.tasks.claim_next("elsewhere")  # a worker somewhere runs it
+            assert claimed is not None
+            st.store.tasks.log(task_id, "halfway")
+            logged = time.monotonic()
+            claimed.status = TaskStatus.completed
+            st.store.tasks.finish(claimed)
+            thread.join(10)
+            assert [kind for kind, _ in seen] == ["status", "status", "log", "status", "task"]
+            halfway = next(at for kind, at in seen if kind == "log")
+            assert halfway - logged < 0.5  # woken by the commit, not by a timer
+    finally:
+        server.stop()
