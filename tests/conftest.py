@@ -229,64 +229,17 @@ def api(live_server: LiveServer) -> Iterator[Any]:
         yield client
 
 
-def _postgres_bindir() -> Path:
-    import glob
-
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if candidates:
-        return Path(candidates[-1]).parent
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    pytest.fail("PostgreSQL is required for the store tests: apt-get install postgresql (.ci/run does this)")
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a loopback port (Debian's postgresql binaries), stopped at exit."""
-    import os
-    import socket
-    import tempfile
+    from tests.postgres import PostgresMissing, postgres_bindir, throwaway_postgres
 
-    bindir = _postgres_bindir()
-    base = Path(tempfile.mkdtemp(prefix="kinema-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "kinema", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(base / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield f"postgresql+psycopg://kinema@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        postgres_bindir()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc))
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture
