@@ -159,9 +159,7 @@ class Runner:
     def apps(self) -> list[str]:
         """The apps this runner's workers take tasks of."""
         apps = list(self.local_apps) if self.workers else []
-        if self.remote_workers or self.workers:
-            apps += self.remote_apps
-        return apps
+        return apps + self.remote_apps if self.remote_workers or self.workers else apps
 
     def start(self) -> None:
         self.storage.sweep_staging(self.settings.staging_grace_s)  # what a crashed run left in staging
@@ -175,6 +173,8 @@ class Runner:
             *((f"kinema-remote-{n}", self.remote_apps, None) for n in range(self.remote_workers)),
         ]
         for name, apps, slot in workers:
+            if apps is not None and not apps:  # restricted to apps the other pool runs: nothing to claim
+                continue
             thread = threading.Thread(target=self._work, args=(apps, slot), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
