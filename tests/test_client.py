@@ -267,6 +267,49 @@ def test_download_of_a_bad_url_raises_and_writes_nothing(
     assert partial_files(tmp_path) == []
 
 
+class FileHost:
+    """Another host serving signed URLs' files, as a CDN or a bucket would: answers every GET with body and
+    records the Authorization header each request came with."""
+
+    def __init__(self, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        authorizations = self.authorizations = []  # type: list[str | None]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                authorizations.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_download_of_a_signed_url_on_another_host_sends_no_api_key(shared: AnyClient, tmp_path: Path) -> None:
+    host = FileHost(b"not really an mp4")
+    try:
+        target = shared.download(f"{host.url}/clip.mp4?expires=1&signature=sig", tmp_path / "cdn.mp4")
+    finally:
+        host.close()
+    assert target.read_bytes() == b"not really an mp4"
+    assert host.authorizations == [None]
+
+
 # Events ------------------------------------------------------------------------------------------
 
 

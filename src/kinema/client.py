@@ -21,7 +21,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -524,9 +524,17 @@ class Download:
 # The base both clients build on ------------------------------------------------------------------
 
 
-def bearer(api_key: str | SecretStr) -> str:
-    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-    return f"Bearer {key}"
+class ApiKey(httpx.Auth):
+    """The API key as a bearer token on API requests; requests sent with auth=None (signed file URLs,
+    which may point at another host, such as a CDN or a bucket) go without it."""
+
+    def __init__(self, key: str | SecretStr) -> None:
+        secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+        self._header = f"Bearer {secret}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
 
 
 def server_url(base_url: str) -> str:
@@ -585,7 +593,7 @@ class BaseClient(Generic[HttpT]):
         """trust_env=False ignores the proxy environment variables (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY)."""
         self.base_url = server_url(base_url)
         self.timeout, self.retries, self.poll_interval = timeout, retries, poll_interval
-        self._headers = {"Authorization": bearer(api_key), "User-Agent": user_agent()}
+        self._auth = ApiKey(api_key)
         self._trust_env = trust_env
         self._http: HttpT = self._open()
 
@@ -598,7 +606,8 @@ class BaseClient(Generic[HttpT]):
         proxies (transport is httpx's sync or async transport class)."""
         return {
             "base_url": self.base_url,
-            "headers": self._headers,
+            "auth": self._auth,
+            "headers": {"User-Agent": user_agent()},
             "timeout": self.timeout,
             "transport": transport(retries=self.retries),
             "mounts": proxy_mounts(
