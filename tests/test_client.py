@@ -396,8 +396,8 @@ def test_cancel_stops_queued_and_running_tasks_and_refuses_finished_ones(client:
 # Errors ------------------------------------------------------------------------------------------
 
 
-def test_a_wrong_key_is_a_401_api_error(live_server: LiveServer, connect: Connect) -> None:
-    with connect(live_server.url, "kin_wrong") as client, pytest.raises(ApiError) as caught:
+def test_a_wrong_key_is_a_401_api_error(shared_server: LiveServer, connect: Connect) -> None:
+    with connect(shared_server.url, "kin_wrong") as client, pytest.raises(ApiError) as caught:
         client.list()
     assert (caught.value.status, caught.value.code) == (401, "unauthorized")
     assert caught.value.message == "invalid API key"
@@ -412,28 +412,28 @@ def test_bad_input_is_a_422_api_error_with_the_servers_details(client: AnyClient
     assert client.list().data == []
 
 
-def test_unknown_apps_and_malformed_names_are_errors(client: AnyClient) -> None:
+def test_unknown_apps_and_malformed_names_are_errors(shared: AnyClient) -> None:
     with pytest.raises(ApiError) as caught:
-        client.submit("nobody/nothing", SMALL)
+        shared.submit("nobody/nothing", SMALL)
     assert (caught.value.status, caught.value.code) == (404, "app_not_found")
     with pytest.raises(InvalidInput):
-        client.submit("tiny", SMALL)
+        shared.submit("tiny", SMALL)
 
 
-def test_apps_uploads_and_the_account(client: AnyClient, tmp_path: Path) -> None:
-    assert "kinema/tiny" in [a.id for a in client.apps()]
-    assert client.app("kinema/tiny").fps == 24
+def test_apps_uploads_and_the_account(shared: AnyClient, tmp_path: Path) -> None:
+    assert "kinema/tiny" in [a.id for a in shared.apps()]
+    assert shared.app("kinema/tiny").fps == 24
     image = tmp_path / "red.png"
     image.write_bytes(base64.b64decode(png_data_uri(64, 48).split(",", 1)[1]))
-    uploaded = client.upload(image)
+    uploaded = shared.upload(image)
     assert (uploaded.filename, uploaded.content_type, uploaded.purpose) == ("red.png", "image/png", "input")
-    assert client.file(uploaded.id).size_bytes == image.stat().st_size
+    assert shared.file(uploaded.id).size_bytes == image.stat().st_size
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     with pytest.raises(ApiError) as caught:
-        client.upload(text)
+        shared.upload(text)
     assert caught.value.status == 415
-    assert client.me().name == "admin"
+    assert shared.me().name == "admin"
 
 
 def test_keys_are_created_listed_and_revoked(
