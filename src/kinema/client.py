@@ -477,7 +477,7 @@ def output_url(task_or_url: Task | str) -> str:
     return task_or_url.output.video
 
 
-def expired_url(task_or_url: Task | str, error: ApiError) -> Task | None:
+def renewable_task(task_or_url: Task | str, error: ApiError) -> Task | None:
     """The task whose signed output URL was refused (403), so a fresh one can be had; None otherwise."""
     return task_or_url if error.status == 403 and isinstance(task_or_url, Task) else None
 
@@ -616,7 +616,7 @@ class BaseClient(Generic[HttpT]):
             "trust_env": self._trust_env,
         }
 
-    def _request(self, call: Call[Any]) -> httpx.Request:
+    def _build_request(self, call: Call[Any]) -> httpx.Request:
         return self._http.build_request(
             call.method, call.path, params=call.params, json=call.json, headers=call.headers, files=call.files
         )
@@ -625,7 +625,12 @@ class BaseClient(Generic[HttpT]):
         return Attempts(self.base_url, self.retries if idempotent else 0)
 
     def _event_stream(
-        self, task_id: str, last_id: str | None, *, deadline: float | None, idle: float | None
+        self,
+        task_id: str,
+        last_id: str | None = None,
+        *,
+        deadline: float | None = None,
+        idle: float | None = None,
     ) -> EventStream:
         return EventStream(self.base_url, task_id, last_id, deadline, idle, self.retries, self.timeout)
 
@@ -650,7 +655,7 @@ class Client(BaseClient[httpx.Client]):
 
     def _send(self, call: Call[T]) -> T:
         """One API call, retried as Attempts allows."""
-        request, attempts = self._request(call), self._attempts(call.idempotent)
+        request, attempts = self._build_request(call), self._attempts(call.idempotent)
         while True:
             try:
                 response = self._http.send(request)
@@ -711,7 +716,7 @@ class Client(BaseClient[httpx.Client]):
         A dropped connection is resumed after the last event seen. With idle_timeout the iteration also
         ends quietly when no event arrives for that many seconds.
         """
-        return self._follow(self._event_stream(task_id, last_event_id, deadline=None, idle=idle_timeout))
+        return self._follow(self._event_stream(task_id, last_event_id, idle=idle_timeout))
 
     def _follow(self, stream: EventStream) -> Iterator[Event]:
         while True:
@@ -752,9 +757,7 @@ class Client(BaseClient[httpx.Client]):
         """
         waiting = Waiting(task_id, timeout, on_event)
         try:
-            for event in self._follow(
-                self._event_stream(task_id, None, deadline=waiting.deadline, idle=None)
-            ):
+            for event in self._follow(self._event_stream(task_id, deadline=waiting.deadline)):
                 if (task := waiting.streamed(event)) is not None:
                     return task
         except (StreamUnavailable, ConnectionFailed):
@@ -775,7 +778,7 @@ class Client(BaseClient[httpx.Client]):
             try:
                 self._fetch(output_url(task_or_url), download)
             except ApiError as exc:
-                if (task := expired_url(task_or_url, exc)) is None:
+                if (task := renewable_task(task_or_url, exc)) is None:
                     raise
                 self._fetch(output_url(self.get(task.id)), download)
         return download.target
@@ -855,7 +858,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
 
     async def _send(self, call: Call[T]) -> T:
         """One API call, retried as Attempts allows."""
-        request, attempts = self._request(call), self._attempts(call.idempotent)
+        request, attempts = self._build_request(call), self._attempts(call.idempotent)
         while True:
             try:
                 response = await self._http.send(request)
@@ -912,7 +915,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         self, task_id: str, last_event_id: str | None = None, *, idle_timeout: float | None = None
     ) -> AsyncIterator[Event]:
         """The task's events after last_event_id, in order, ending with the `task` event (see Client)."""
-        return self._follow(self._event_stream(task_id, last_event_id, deadline=None, idle=idle_timeout))
+        return self._follow(self._event_stream(task_id, last_event_id, idle=idle_timeout))
 
     async def _follow(self, stream: EventStream) -> AsyncIterator[Event]:
         while True:
@@ -949,9 +952,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         """Follow the task until it finishes and return it; WaitTimeout after timeout seconds (see Client)."""
         waiting = Waiting(task_id, timeout, on_event)
         try:
-            async for event in self._follow(
-                self._event_stream(task_id, None, deadline=waiting.deadline, idle=None)
-            ):
+            async for event in self._follow(self._event_stream(task_id, deadline=waiting.deadline)):
                 if (task := waiting.streamed(event)) is not None:
                     return task
         except (StreamUnavailable, ConnectionFailed):
@@ -968,7 +969,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
             try:
                 await self._fetch(output_url(task_or_url), download)
             except ApiError as exc:
-                if (task := expired_url(task_or_url, exc)) is None:
+                if (task := renewable_task(task_or_url, exc)) is None:
                     raise
                 await self._fetch(output_url(await self.get(task.id)), download)
         return download.target
