@@ -30,7 +30,7 @@ def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     assert current_revision(engine) is None
     migrate(engine)
     migrate(engine)  # every start runs it again
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     engine.dispose()
 
 
