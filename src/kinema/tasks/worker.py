@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What a run needs from its caller: settings, storage, a progress sink and a cancel switch.
+    """What a run needs from its caller: settings, storage, a progress sink, a cancel switch and, for a
+    provider app, the state to resume from and where to save new state.
 
     allow_local_paths marks the machine's own user (the CLI): images may be local files, and errors keep
     their full text; a server's runs get errors without server paths (those go to its log).
