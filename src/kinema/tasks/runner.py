@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kinema.apps.registry import get_app, list_apps
 from kinema.domain.stages import stage_label
@@ -253,6 +254,7 @@ class Runner:
                 task.id, TaskProgress(stage=event.stage, step=event.step, total=event.total)
             )
 
+        resume, save_provider_state = self._provider_state(task)
         ctx = RunContext(
             settings=self.settings,
             storage=self.storage,
@@ -260,6 +262,8 @@ class Runner:
             cancel=token,
             warm=self.warms[min(local_slot, len(self.warms) - 1)],
             device=device,
+            resume=resume,
+            on_provider_state=save_provider_state,
         )
         result = run_task(app, task.input, ctx, prepared=prepared, task=task)
         if result.status is TaskStatus.completed and result.output_meta is not None:
@@ -275,6 +279,28 @@ class Runner:
             seconds = result.output_meta.timings.get("total", 0.0)
             self.store.tasks.log(task.id, f"completed in {seconds:.2f} s")
         return result
+
+    def _provider_state(self, task: Task) -> tuple[dict[str, Any] | None, Callable[[dict[str, Any]], None]]:
+        """What an earlier attempt of the task saved for its provider, and how this attempt saves new state.
+
+        A provider's engine saves its operation before it waits, so a task requeued after a crash or a
+        stop resumes that operation instead of paying for a second one. If the store cannot take it, the
+        run goes on (the provider is already working, and billing): only a crash before the end would
+        then submit again.
+        """
+        saved = self.store.tasks.provider_state(task.id)
+        if saved is not None:
+            self.store.tasks.log(task.id, "resuming the provider's work from an earlier attempt")
+
+        def save(state: dict[str, Any]) -> None:
+            try:
+                self.store.tasks.save_provider_state(task.id, state)
+            except Exception:
+                log.exception(
+                    "task %s: could not save its provider state; a restart would submit again", task.id
+                )
+
+        return saved, save
 
     def _failed(self, task: Task, code: str, message: str) -> Task:
         task.status, task.error, task.completed_at = (
