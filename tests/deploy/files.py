@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ PENDING_COMMANDS = frozenset({("worker",)})
 KINEMA_NAME = re.compile(r"\bKINEMA_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
 
 
+@cache
 def setting_env_names() -> frozenset[str]:
     """Every environment variable kinema.settings.Settings reads: KINEMA_<FIELD> and each field's aliases."""
     names: set[str] = set()
@@ -58,8 +60,9 @@ def is_known_kinema_name(name: str) -> bool:
     return head in setting_env_names() | PENDING_SETTINGS or name in install_script_names()
 
 
+@cache
 def yaml_documents(path: Path) -> list[dict[str, Any]]:
-    """The non-empty YAML documents of a file."""
+    """The non-empty YAML documents of a file (parsed once; tests read them, never change them)."""
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
