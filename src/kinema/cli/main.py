@@ -703,7 +703,8 @@ def serve(
         if v is not None
     }
     settings = Settings(**overrides)
-    quiet_libraries()
+    if settings.local_workers > 0:  # an API-only process never imports torch or diffusers
+        quiet_libraries()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(
         f"kinema serving on http://{settings.host}:{settings.port} "
