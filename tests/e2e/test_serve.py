@@ -143,4 +143,4 @@ def test_server_on_postgresql_runs_and_cancels_tasks(
             assert ready["checks"]["database"] == "ok"
     finally:
         server.stop()
-    assert os.path.exists(settings.outputs_dir / f"{done['id']}.mp4")
+    assert os.path.exists(settings.outputs_dir / done["id"] / "attempt-1.mp4")
