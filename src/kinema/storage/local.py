@@ -135,6 +135,7 @@ class LocalStorage:
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
     ) -> str | None:
         """None: a local directory has no URL of its own, so the API's signed /files route serves it."""
+        checked_key(key)  # a bad key is refused here as by every other method (and every backend)
         return None
 
     def path_for(self, key: str) -> Path:

@@ -201,8 +201,13 @@ class S3Storage:
             if _is_missing(exc):
                 raise _missing(key) from None
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
-                return self._empty_at(key, start)  # start at or past the end (S3 refuses both)
-            raise _fault(exc, "cannot read the stored file") from exc
+                # S3 refuses a range that starts at the end as well as past it; the former reads as empty
+                size = self.stat(key).size_bytes
+                if start > size:
+                    raise RangeNotSatisfiable(size) from None
+                if start == size:
+                    return io.BytesIO(b"")
+            raise _fault(exc, "cannot read the stored file") from exc  # (or it changed in between)
         except BotoCoreError as exc:
             raise _fault(exc, "cannot read the stored file") from exc
         return io.BufferedReader(_Body(response["Body"]), buffer_size=READ_BUFFER)
@@ -250,12 +255,10 @@ class S3Storage:
     # Helpers.
 
     def _empty_at(self, key: str, start: int) -> BinaryIO:
-        """An empty stream when start is at most the size; RangeNotSatisfiable past it, NotFound."""
+        """An empty stream at start; RangeNotSatisfiable when start is past the end, NotFound when absent."""
         size = self.stat(key).size_bytes
         if start > size:
             raise RangeNotSatisfiable(size)
-        if start < size:  # a GET refused a range inside the object: it changed in between
-            raise StorageError(f"the object under {key!r} changed while it was read")
         return io.BytesIO(b"")
 
     def _abort_stale_uploads(self, grace_s: float) -> int:
