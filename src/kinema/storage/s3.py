@@ -242,8 +242,10 @@ class S3Storage:
         if content_type is not None:
             params["ResponseContentType"] = content_type
         try:
-            return self.client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=max(1, min(expires_s, MAX_URL_TTL_S))
+            return str(
+                self.client.generate_presigned_url(
+                    "get_object", Params=params, ExpiresIn=max(1, min(expires_s, MAX_URL_TTL_S))
+                )
             )
         except BotoCoreError as exc:
             raise _fault(exc, "cannot sign a link to the file") from exc
