@@ -134,11 +134,13 @@ def test_finish_after_cancel_of_queued_task_writes_nothing(store: Store) -> None
 
 def test_recover_requeues_running_tasks_then_fails_them_after_max_attempts(store: Store) -> None:
     task = submit(store)
-    store.tasks.claim_next("dead-worker")
+    first = store.tasks.claim_next("dead-worker")
+    assert first is not None and first.attempt == 1  # each start has its own output key
     recovered = store.tasks.recover_running(max_attempts=2)
     assert recovered.requeued == [task.id] and recovered.failed == []
     assert store.tasks.get(task.id).status is TaskStatus.queued
-    store.tasks.claim_next("dead-again")
+    second = store.tasks.claim_next("dead-again")
+    assert second is not None and second.attempt == 2
     recovered = store.tasks.recover_running(max_attempts=2)
     assert recovered.failed == [task.id]
     failed = store.tasks.get(task.id)

@@ -74,6 +74,7 @@ def task_from_row(row: TaskRow) -> Task:
         started_at=aware(row.started_at),
         completed_at=aware(row.completed_at),
         output_file=row.output_file_id,
+        attempt=row.attempts or None,
     )
 
 

@@ -270,7 +270,7 @@ class Runner:
             stored = self.store.files.add(
                 owner=task.owner or "",
                 purpose="output",
-                key=output_key(task.id),
+                key=output_key(task.id, task.attempt),  # where run_task stored it
                 filename=f"{task.id}.mp4",
                 content_type="video/mp4",
                 size_bytes=result.output_meta.size_bytes,
@@ -314,7 +314,7 @@ class Runner:
         charged = self.settings.billing_enabled
         if not self.store.tasks.finish(task, charge=charged) and task.output_file is not None:
             log.warning("task %s ended elsewhere; discarding its output", task.id)
-            self.storage.delete(output_key(task.id))
+            self.storage.delete(output_key(task.id, task.attempt))
         if self.on_finished is not None:
             try:
                 self.on_finished(task)

@@ -218,7 +218,7 @@ def _deliver(
     report(ProgressEvent("store"))
     timings = dict(rendered.timings)
     started = time.perf_counter()
-    stored = ctx.storage.put(staging, output_key(task.id))
+    stored = ctx.storage.put(staging, output_key(task.id, task.attempt))
     timings["store"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - begun
     meta = OutputMeta(
