@@ -25,9 +25,7 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 # Settings the deploy files use that the cluster work adds in other branches (S3 storage). Each is allowed
 # wherever a KINEMA_ name is checked; prune this set as they land in kinema.settings (a test warns when
 # one already has).
-PENDING_SETTINGS = frozenset(
-    {"KINEMA_STORAGE", "KINEMA_S3_BUCKET", "KINEMA_S3_ENDPOINT_URL", "KINEMA_S3_PREFIX"}
-)
+PENDING_SETTINGS: frozenset[str] = frozenset()
 
 # `kinema` commands the deploy files run that the cluster work adds (`kinema worker --gpus ...`).
 PENDING_COMMANDS = frozenset({("worker",)})
