@@ -202,7 +202,7 @@ def test_twenty_concurrent_submissions_all_complete(api: httpx.Client) -> None:
 
 
 def test_api_stays_responsive_while_a_task_runs(api: httpx.Client) -> None:
-    body = {"prompt": "busy", "resolution": "1080p", "duration": 2}
+    body = {"prompt": "busy", "resolution": "1080p", "duration": 1}
     task = api.post(TINY_RUN, params={"wait": "false"}, json=body).json()
     wait_until(api, task["id"], lambda t: t["status"] == "running")
     slowest = 0.0
