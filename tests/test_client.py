@@ -1,16 +1,23 @@
-"""kinema.Client and kinema.AsyncClient against a live server: runs, events, cancels, downloads, retries."""
+"""kinema.Client and kinema.AsyncClient against a live server: runs, events, cancels, downloads, retries.
+
+Every test runs on both clients: the `connect` fixture opens a Client, or an AsyncClient driven through
+BlockingAsyncClient, so each behaviour is written once and checked on both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import functools
+import inspect
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,9 +28,70 @@ from kinema.errors import InvalidInput
 from tests.conftest import ADMIN_KEY, LiveServer, assert_mp4, png_data_uri
 
 SMALL = {"prompt": "A red kite over a beach", "aspect_ratio": "1:1", "duration": 0.5}
-TINY = {"prompt": "A blink", "aspect_ratio": "1:1", "duration": 0.1}
 # Long enough on two CPU cores to still be running when the test cancels it.
 LONG = {"prompt": "A long slow pan", "duration": 2, "resolution": "1080p"}
+
+T = TypeVar("T")
+
+
+class BlockingAsyncClient:
+    """An AsyncClient called like a Client: its coroutines run to completion on an event loop of its own,
+    its async iterators are iterated one item at a time on the same loop (httpx's pool stays on it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.runner = asyncio.Runner()
+        self.client = AsyncClient(*args, **kwargs)
+
+    def __enter__(self) -> BlockingAsyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.runner.run(self.client.aclose())
+        finally:
+            self.runner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                return self.runner.run(result)
+            if isinstance(result, AsyncIterator):
+                return self._iterate(result)
+            return result
+
+        return blocking
+
+    def _iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
+        async def step() -> T:
+            return await anext(items)
+
+        try:
+            while True:
+                try:
+                    item = self.runner.run(step())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                self.runner.run(aclose())
+
+
+AnyClient = Client | BlockingAsyncClient
+Connect = Callable[..., AnyClient]
+
+
+@pytest.fixture(scope="module", params=["Client", "AsyncClient"])
+def connect(request: pytest.FixtureRequest) -> Connect:
+    """Opens a client of one kind or the other, with Client's arguments: `with connect(url, key) as c`."""
+    return Client if request.param == "Client" else BlockingAsyncClient
 
 
 class FlakyProxy:
@@ -91,24 +159,24 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(shared_server: LiveServer) -> Finished:
+def finished(shared_server: LiveServer, connect: Connect) -> Finished:
     """A completed SMALL run on the shared server and the events run() saw while following it live."""
     events: list[Event] = []
-    with Client(shared_server.url, ADMIN_KEY) as client:
+    with connect(shared_server.url, ADMIN_KEY) as client:
         task = client.run("kinema/tiny", SMALL, on_event=events.append)
     return Finished(task, events)
 
 
 @pytest.fixture
-def shared(shared_server: LiveServer) -> Iterator[Client]:
-    with Client(shared_server.url, ADMIN_KEY) as client:
+def shared(shared_server: LiveServer, connect: Connect) -> Iterator[AnyClient]:
+    with connect(shared_server.url, ADMIN_KEY) as client:
         yield client
 
 
 @pytest.fixture
-def client(live_server: LiveServer) -> Iterator[Client]:
+def client(live_server: LiveServer, connect: Connect) -> Iterator[AnyClient]:
     """A client of a fresh server of the test's own."""
-    with Client(live_server.url, ADMIN_KEY) as c:
+    with connect(live_server.url, ADMIN_KEY) as c:
         yield c
 
 
@@ -142,7 +210,7 @@ def partial_files(directory: Path) -> list[Path]:
 
 
 def test_run_waits_for_the_result_and_download_writes_the_mp4(
-    finished: Finished, shared: Client, tmp_path: Path
+    finished: Finished, shared: AnyClient, tmp_path: Path
 ) -> None:
     task = finished.task
     assert task.status is TaskStatus.completed, task.error
@@ -156,26 +224,18 @@ def test_run_waits_for_the_result_and_download_writes_the_mp4(
     assert partial_files(target.parent) == []
 
 
-def test_async_client_runs_lists_and_downloads(shared_server: LiveServer, tmp_path: Path) -> None:
-    async def main() -> tuple[Task, Path, TaskPage, list[Event]]:
-        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
-            seen: list[Event] = []
-            task = await client.run("kinema/tiny", TINY, on_event=seen.append)
-            path = await client.download(task, tmp_path / "async.mp4")
-            page = await client.list(status="completed", app="kinema/tiny")
-            return task, path, page, seen
-
-    task, path, page, seen = asyncio.run(main())
-    assert task.status is TaskStatus.completed
-    assert_mp4(path, width=720, height=720, duration=0.1, fps=24, audio=False)
-    assert task.id in [t.id for t in page.data]
-    assert seen[-1].event == "task" and seen[-1].task == task
+def test_list_filters_by_status_and_app(finished: Finished, shared: AnyClient) -> None:
+    page = shared.list(status="completed", app="kinema/tiny")
+    assert isinstance(page, TaskPage)
+    assert finished.task.id in [t.id for t in page.data]
+    assert finished.task.id not in [t.id for t in shared.list(status=[TaskStatus.failed, "cancelled"]).data]
 
 
 def test_download_resumes_after_a_dropped_connection_and_never_leaves_a_partial_file(
     finished: Finished,
-    shared: Client,
+    shared: AnyClient,
     shared_server: LiveServer,
+    connect: Connect,
     tmp_path: Path,
     proxy_for: MakeProxy,
 ) -> None:
@@ -183,20 +243,21 @@ def test_download_resumes_after_a_dropped_connection_and_never_leaves_a_partial_
     whole = shared.download(finished.task, tmp_path / "direct.mp4").read_bytes()
 
     cut = proxy_for(shared_server, [4000])
-    with Client(cut.url, ADMIN_KEY, retries=0) as fragile, pytest.raises(ConnectionFailed):
+    with connect(cut.url, ADMIN_KEY, retries=0) as fragile, pytest.raises(ConnectionFailed):
         fragile.download(via(cut, shared_server, finished.task.output.video), tmp_path / "broken.mp4")
     assert not (tmp_path / "broken.mp4").exists()
     assert partial_files(tmp_path) == []
 
     resumed = proxy_for(shared_server, [4000])
-    with Client(resumed.url, ADMIN_KEY) as patient:
+    with connect(resumed.url, ADMIN_KEY) as patient:
         url = via(resumed, shared_server, finished.task.output.video)
         assert patient.download(url, tmp_path / "resumed.mp4").read_bytes() == whole
     assert resumed.connections == 2
+    assert partial_files(tmp_path) == []
 
 
 def test_download_of_a_bad_url_raises_and_writes_nothing(
-    shared: Client, shared_server: LiveServer, tmp_path: Path
+    shared: AnyClient, shared_server: LiveServer, tmp_path: Path
 ) -> None:
     target = tmp_path / "never.mp4"
     with pytest.raises(ApiError) as caught:
@@ -204,6 +265,49 @@ def test_download_of_a_bad_url_raises_and_writes_nothing(
     assert caught.value.status == 403
     assert not target.exists()
     assert partial_files(tmp_path) == []
+
+
+class FileHost:
+    """Another host serving signed URLs' files, as a CDN or a bucket would: answers every GET with body and
+    records the Authorization header each request came with."""
+
+    def __init__(self, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        authorizations = self.authorizations = []  # type: list[str | None]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                authorizations.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_download_of_a_signed_url_on_another_host_sends_no_api_key(shared: AnyClient, tmp_path: Path) -> None:
+    host = FileHost(b"not really an mp4")
+    try:
+        target = shared.download(f"{host.url}/clip.mp4?expires=1&signature=sig", tmp_path / "cdn.mp4")
+    finally:
+        host.close()
+    assert target.read_bytes() == b"not really an mp4"
+    assert host.authorizations == [None]
 
 
 # Events ------------------------------------------------------------------------------------------
@@ -217,42 +321,45 @@ def test_run_follows_the_events_in_order_ending_with_the_task(finished: Finished
     assert {"status": "running"} in [e.data for e in events if e.event == "status"]
     steps = [e.progress for e in events if e.progress is not None and e.progress.stage == "denoise"]
     assert steps and steps[-1].step == steps[-1].total
-    assert any(e.message and "denoising" in e.message for e in events)
+    assert any(e.message and "denoising" in e.message.lower() for e in events)  # the stage label, "Denoising"
     final = events[-1]
     assert final.event == "task" and final.task == finished.task
 
 
 def test_stream_replays_the_events_and_resumes_after_last_event_id(
-    finished: Finished, shared: Client
+    finished: Finished, shared: AnyClient
 ) -> None:
     events = list(shared.stream(finished.task.id))
     assert [e.id for e in events] == [e.id for e in finished.events]
     assert events[-1].task is not None and events[-1].task.status is TaskStatus.completed
+    assert events[-1].task.model_dump(exclude={"output"}) == finished.task.model_dump(exclude={"output"})
 
-    middle = len(events) // 2
-    later = list(shared.stream(finished.task.id, last_event_id=events[middle].id))
-    assert [e.id for e in later] == [e.id for e in events[middle + 1 :]]
+    for resume_after in (2, len(events) // 2):
+        later = list(shared.stream(finished.task.id, last_event_id=events[resume_after].id))
+        assert [e.id for e in later] == [e.id for e in events[resume_after + 1 :]]
 
 
 def test_wait_resumes_the_event_stream_after_the_connection_drops(
-    finished: Finished,
-    shared_server: LiveServer,
-    proxy_for: MakeProxy,
+    finished: Finished, shared_server: LiveServer, connect: Connect, proxy_for: MakeProxy
 ) -> None:
     proxy = proxy_for(shared_server, [700])
     seen: list[Event] = []
-    with Client(proxy.url, ADMIN_KEY) as flaky:
+    with connect(proxy.url, ADMIN_KEY) as flaky:
         done = flaky.wait(finished.task.id, on_event=seen.append)
-    assert done.status is TaskStatus.completed
+    assert (done.id, done.status, done.output_meta) == (
+        finished.task.id,
+        TaskStatus.completed,
+        finished.task.output_meta,
+    )  # not the whole task: its signed URL names the proxy's port
     assert proxy.connections == 2
     assert [e.id for e in seen] == [e.id for e in finished.events]
 
 
 def test_wait_falls_back_to_polling_when_the_event_stream_keeps_failing(
-    finished: Finished, shared_server: LiveServer, proxy_for: MakeProxy
+    finished: Finished, shared_server: LiveServer, connect: Connect, proxy_for: MakeProxy
 ) -> None:
     proxy = proxy_for(shared_server, [0, 0])  # both stream attempts (retries=1) die; the poll gets through
-    with Client(proxy.url, ADMIN_KEY, retries=1) as flaky:
+    with connect(proxy.url, ADMIN_KEY, retries=1) as flaky:
         done = flaky.wait(finished.task.id)
     assert (done.id, done.status, done.output_meta) == (
         finished.task.id,
@@ -265,7 +372,7 @@ def test_wait_falls_back_to_polling_when_the_event_stream_keeps_failing(
 # Cancelling --------------------------------------------------------------------------------------
 
 
-def test_cancel_stops_queued_and_running_tasks_and_refuses_finished_ones(client: Client) -> None:
+def test_cancel_stops_queued_and_running_tasks_and_refuses_finished_ones(client: AnyClient) -> None:
     running = client.submit("kinema/tiny", LONG)
     queued = client.run("kinema/tiny", SMALL, wait=False)
     assert queued.status is TaskStatus.queued and queued.output is None
@@ -289,14 +396,14 @@ def test_cancel_stops_queued_and_running_tasks_and_refuses_finished_ones(client:
 # Errors ------------------------------------------------------------------------------------------
 
 
-def test_a_wrong_key_is_a_401_api_error(live_server: LiveServer) -> None:
-    with Client(live_server.url, "kin_wrong") as client, pytest.raises(ApiError) as caught:
+def test_a_wrong_key_is_a_401_api_error(shared_server: LiveServer, connect: Connect) -> None:
+    with connect(shared_server.url, "kin_wrong") as client, pytest.raises(ApiError) as caught:
         client.list()
     assert (caught.value.status, caught.value.code) == (401, "unauthorized")
     assert caught.value.message == "invalid API key"
 
 
-def test_bad_input_is_a_422_api_error_with_the_servers_details(client: Client) -> None:
+def test_bad_input_is_a_422_api_error_with_the_servers_details(client: AnyClient) -> None:
     with pytest.raises(ApiError) as caught:
         client.submit("kinema/tiny", {"prompt": "x", "colour": "red"})
     assert (caught.value.status, caught.value.code) == (422, "invalid_input")
@@ -305,39 +412,56 @@ def test_bad_input_is_a_422_api_error_with_the_servers_details(client: Client) -
     assert client.list().data == []
 
 
-def test_unknown_apps_and_malformed_names_are_errors(client: Client) -> None:
+def test_unknown_apps_and_malformed_names_are_errors(shared: AnyClient) -> None:
     with pytest.raises(ApiError) as caught:
-        client.submit("nobody/nothing", SMALL)
+        shared.submit("nobody/nothing", SMALL)
     assert (caught.value.status, caught.value.code) == (404, "app_not_found")
     with pytest.raises(InvalidInput):
-        client.submit("tiny", SMALL)
+        shared.submit("tiny", SMALL)
 
 
-def test_apps_and_uploads(client: Client, tmp_path: Path) -> None:
-    assert "kinema/tiny" in [a.id for a in client.apps()]
-    assert client.app("kinema/tiny").fps == 24
+def test_apps_uploads_and_the_account(shared: AnyClient, tmp_path: Path) -> None:
+    assert "kinema/tiny" in [a.id for a in shared.apps()]
+    assert shared.app("kinema/tiny").fps == 24
     image = tmp_path / "red.png"
     image.write_bytes(base64.b64decode(png_data_uri(64, 48).split(",", 1)[1]))
-    uploaded = client.upload(image)
+    uploaded = shared.upload(image)
     assert (uploaded.filename, uploaded.content_type, uploaded.purpose) == ("red.png", "image/png", "input")
-    assert client.file(uploaded.id).size_bytes == image.stat().st_size
+    assert shared.file(uploaded.id).size_bytes == image.stat().st_size
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     with pytest.raises(ApiError) as caught:
-        client.upload(text)
+        shared.upload(text)
     assert caught.value.status == 415
+    assert shared.me().name == "admin"
+
+
+def test_keys_are_created_listed_and_revoked(
+    shared: AnyClient, shared_server: LiveServer, connect: Connect
+) -> None:
+    created = shared.create_key("ci")
+    assert created.name == "ci" and created.revoked_at is None
+    listed = shared.keys()
+    assert created.id in [k.id for k in listed]
+    with connect(shared_server.url, created.key) as by_new_key:
+        assert by_new_key.me().name == "admin"
+    revoked = shared.revoke_key(created.id)
+    assert revoked.id == created.id and revoked.revoked_at is not None
+    with connect(shared_server.url, created.key) as by_revoked_key, pytest.raises(ApiError) as caught:
+        by_revoked_key.me()
+    assert caught.value.status == 401
 
 
 # Retries -----------------------------------------------------------------------------------------
 
 
-def test_a_closed_port_raises_connection_failed_after_quick_retries() -> None:
+def test_a_closed_port_raises_connection_failed_after_quick_retries(connect: Connect) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
     with (
-        Client(f"http://127.0.0.1:{port}", ADMIN_KEY, retries=2) as client,
+        connect(f"http://127.0.0.1:{port}", ADMIN_KEY, retries=2) as client,
         pytest.raises(ConnectionFailed) as caught,
     ):
         client.get("tsk_missing")
@@ -347,117 +471,18 @@ def test_a_closed_port_raises_connection_failed_after_quick_retries() -> None:
 
 
 def test_gets_are_retried_after_a_dropped_connection_but_posts_are_not(
-    client: Client, live_server: LiveServer, proxy_for: MakeProxy
+    client: AnyClient, live_server: LiveServer, connect: Connect, proxy_for: MakeProxy
 ) -> None:
     proxy = proxy_for(live_server, [0])
-    with Client(proxy.url, ADMIN_KEY) as flaky:
+    with connect(proxy.url, ADMIN_KEY) as flaky:
         assert flaky.list().data == []
     assert proxy.connections == 2
 
     proxy = proxy_for(live_server, [0])
-    with Client(proxy.url, ADMIN_KEY) as flaky, pytest.raises(ConnectionFailed):
-        flaky.submit("kinema/tiny", SMALL)
+    with connect(proxy.url, ADMIN_KEY) as flaky, pytest.raises(ConnectionFailed):
+        flaky.submit("kinema/tiny", SMALL)  # the server may have seen it: not sent again
     assert proxy.connections == 1
     assert client.list().data == []
-
-
-# The same through AsyncClient ----------------------------------------------------------------------
-
-
-def test_async_stream_replays_the_events_and_resumes_after_last_event_id(
-    finished: Finished, shared_server: LiveServer
-) -> None:
-    async def main() -> tuple[list[Event], list[Event]]:
-        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
-            events = [e async for e in client.stream(finished.task.id)]
-            later = [e async for e in client.stream(finished.task.id, last_event_id=events[2].id)]
-            return events, later
-
-    events, later = asyncio.run(main())
-    assert [e.id for e in events] == [e.id for e in finished.events]
-    assert events[-1].task is not None
-    assert events[-1].task.model_dump(exclude={"output"}) == finished.task.model_dump(exclude={"output"})
-    assert [e.id for e in later] == [e.id for e in events[3:]]
-
-
-def test_async_wait_resumes_after_a_drop_and_falls_back_to_polling(
-    finished: Finished, shared_server: LiveServer, proxy_for: MakeProxy
-) -> None:
-    resumed = proxy_for(shared_server, [700])
-    polled = proxy_for(shared_server, [0, 0])
-
-    async def main() -> tuple[Task, list[Event], Task]:
-        seen: list[Event] = []
-        async with AsyncClient(resumed.url, ADMIN_KEY) as flaky:
-            done = await flaky.wait(finished.task.id, on_event=seen.append)
-        async with AsyncClient(polled.url, ADMIN_KEY, retries=1) as broken_stream:
-            return done, seen, await broken_stream.wait(finished.task.id)
-
-    done, seen, by_polling = asyncio.run(main())
-    assert (done.id, done.status, done.output_meta) == (
-        finished.task.id,
-        TaskStatus.completed,
-        finished.task.output_meta,
-    )  # its signed URL names the proxy's port
-    assert [e.id for e in seen] == [e.id for e in finished.events]
-    assert resumed.connections == 2
-    assert (by_polling.id, by_polling.status) == (finished.task.id, TaskStatus.completed)
-    assert polled.connections == 3
-
-
-def test_async_download_resumes_after_a_dropped_connection(
-    finished: Finished, shared: Client, shared_server: LiveServer, tmp_path: Path, proxy_for: MakeProxy
-) -> None:
-    assert finished.task.output is not None
-    whole = shared.download(finished.task, tmp_path / "direct.mp4").read_bytes()
-    proxy = proxy_for(shared_server, [4000])
-
-    async def main() -> Path:
-        async with AsyncClient(proxy.url, ADMIN_KEY) as patient:
-            assert finished.task.output is not None
-            url = via(proxy, shared_server, finished.task.output.video)
-            return await patient.download(url, tmp_path / "resumed.mp4")
-
-    assert asyncio.run(main()).read_bytes() == whole
-    assert proxy.connections == 2
-    assert partial_files(tmp_path) == []
-
-
-def test_async_errors_apps_uploads_and_retries(
-    shared_server: LiveServer, tmp_path: Path, proxy_for: MakeProxy
-) -> None:
-    image = tmp_path / "red.png"
-    image.write_bytes(base64.b64decode(png_data_uri(64, 48).split(",", 1)[1]))
-    dropped = proxy_for(shared_server, [0])
-    post_dropped = proxy_for(shared_server, [0])
-
-    async def main() -> None:
-        async with AsyncClient(shared_server.url, "kin_wrong") as wrong:
-            with pytest.raises(ApiError) as caught:
-                await wrong.list()
-            assert (caught.value.status, caught.value.code) == (401, "unauthorized")
-        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
-            with pytest.raises(ApiError) as caught:
-                await client.submit("kinema/tiny", {"prompt": "x", "colour": "red"})
-            assert (caught.value.status, caught.value.code) == (422, "invalid_input")
-            with pytest.raises(ApiError) as caught:
-                await client.submit("nobody/nothing", SMALL)
-            assert caught.value.code == "app_not_found"
-            with pytest.raises(InvalidInput):
-                await client.submit("tiny", SMALL)
-            assert "kinema/tiny" in [a.id for a in await client.apps()]
-            assert (await client.app("kinema/tiny")).fps == 24
-            uploaded = await client.upload(image)
-            assert (await client.file(uploaded.id)).size_bytes == image.stat().st_size
-            assert (await client.me()).name == "admin"
-        async with AsyncClient(dropped.url, ADMIN_KEY) as flaky:
-            await flaky.list()  # a GET is retried after the dropped connection
-        async with AsyncClient(post_dropped.url, ADMIN_KEY) as flaky:
-            with pytest.raises(ConnectionFailed):
-                await flaky.submit("kinema/tiny", SMALL)  # a POST is not: the server may have seen it
-
-    asyncio.run(main())
-    assert (dropped.connections, post_dropped.connections) == (2, 1)
 
 
 # Proxies from the environment ---------------------------------------------------------------------
@@ -537,19 +562,14 @@ def env_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
 
 
 def test_the_clients_send_through_the_http_proxy_of_the_environment(
-    env_proxy: RecordingProxy, shared_server: LiveServer
+    env_proxy: RecordingProxy, shared_server: LiveServer, connect: Connect
 ) -> None:
-    with Client(shared_server.url, ADMIN_KEY) as client:
+    with connect(shared_server.url, ADMIN_KEY) as client:
         assert "kinema/tiny" in [a.id for a in client.apps()]
         with pytest.raises(ApiError) as caught:
             client.get("tsk_nope")
         assert caught.value.status == 404  # the server's own answer, relayed
-
-    async def main() -> TaskPage:
-        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
-            return await client.list(limit=1)
-
-    assert isinstance(asyncio.run(main()), TaskPage)
+        assert isinstance(client.list(limit=1), TaskPage)
     assert env_proxy.requests == [
         f"GET {shared_server.url}/v1/apps",
         f"GET {shared_server.url}/v1/tasks/tsk_nope",
@@ -558,17 +578,14 @@ def test_the_clients_send_through_the_http_proxy_of_the_environment(
 
 
 def test_no_proxy_and_trust_env_false_go_straight_to_the_server(
-    env_proxy: RecordingProxy, shared_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+    env_proxy: RecordingProxy,
+    shared_server: LiveServer,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with Client(shared_server.url, ADMIN_KEY, trust_env=False) as client:
+    with connect(shared_server.url, ADMIN_KEY, trust_env=False) as client:
         client.apps()
     monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
-    with Client(shared_server.url, ADMIN_KEY) as client:
+    with connect(shared_server.url, ADMIN_KEY) as client:
         client.apps()
-
-    async def main() -> None:
-        async with AsyncClient(shared_server.url, ADMIN_KEY) as client:
-            await client.apps()
-
-    asyncio.run(main())
     assert env_proxy.requests == []

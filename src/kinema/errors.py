@@ -212,6 +212,13 @@ class ProviderTimeout(ProviderError):
     status = 504
 
 
+class ProviderOperationLost(ProviderError):
+    """A provider operation saved by an earlier attempt is gone (expired or unknown); not submitted again."""
+
+    code = "provider_operation_lost"
+    status = 410
+
+
 class ProviderBadOutput(ProviderError):
     """The provider's file is missing, unreadable, or lacks what was asked for (e.g. the audio track)."""
 

@@ -79,8 +79,45 @@ class Settings(BaseSettings):
         default=False, description="Allow image URLs on loopback/private networks (for tests only)."
     )
 
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local",
+        validation_alias=AliasChoices("KINEMA_STORAGE", "KINEMA_STORAGE_BACKEND"),
+        description="Where outputs and uploads are stored: a local directory, or an S3-compatible bucket "
+        "(AWS S3, MinIO, R2; needs `pip install kinema[s3]`) that several servers and workers share.",
+    )
     storage_dir: Path | None = Field(
         default=None, description="Local storage for outputs and uploads (default: <data_dir>/outputs)."
+    )
+    staging_dir: Path | None = Field(
+        default=None,
+        description="Local directory for files being written before S3 storage takes them (default: "
+        "<data_dir>/staging). Local storage always stages in <storage_dir>/.staging, so storing is a rename.",
+    )
+    s3_bucket: str | None = Field(default=None, description="The bucket (required with KINEMA_STORAGE=s3).")
+    s3_prefix: str = Field(
+        default="", description='Key prefix inside the bucket, e.g. "kinema/" (several installs, one bucket).'
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 API endpoint of an S3-compatible store (MinIO, R2, ...); default: AWS's own. "
+        "Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID, profiles, instance roles).",
+    )
+    s3_region: str | None = Field(
+        default=None, description="The bucket's region (default: boto3's, e.g. AWS_REGION or the profile's)."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="How URLs name the bucket: path (endpoint/bucket/key, MinIO's default), virtual "
+        "(bucket.endpoint/key), or auto (boto3 decides).",
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Files at least this large are uploaded in parts (an interrupted upload is aborted, so "
+        "no partial object is ever visible).",
+    )
+    s3_multipart_part_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Size of each part of a multipart upload."
     )
     staging_grace_s: float = Field(
         default=3600.0,
@@ -236,6 +273,11 @@ class Settings(BaseSettings):
     def outputs_dir(self) -> Path:
         """Where outputs and uploads are stored."""
         return self.storage_dir or self.data_dir / "outputs"
+
+    @property
+    def s3_staging_dir(self) -> Path:
+        """Where S3 storage stages files before uploading them."""
+        return self.staging_dir or self.data_dir / "staging"
 
     @field_validator("gpus", mode="before")
     @classmethod

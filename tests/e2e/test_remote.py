@@ -219,7 +219,7 @@ def test_task_logs_prints_the_log_lines(remote_env: dict[str, str], finished: Ta
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].startswith("started on worker")
-        assert "denoising" in lines
+        assert "Denoising" in lines
         assert lines[-1].startswith("completed in")
 
 

@@ -79,6 +79,8 @@ def test_killed_server_requeues_its_running_task_on_restart(
         logs = [e["message"] for e in events(url, task["id"], headers) if "message" in e]
         assert "the server restarted mid-task; task requeued" in logs
         assert task["output_meta"]["frames"] == 24
+        outputs = Path(env["KINEMA_DATA_DIR"]) / "outputs" / task["id"]
+        assert [p.name for p in outputs.iterdir()] == ["attempt-2.mp4"]  # the second start's own key
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -143,4 +145,4 @@ def test_server_on_postgresql_runs_and_cancels_tasks(
             assert ready["checks"]["database"] == "ok"
     finally:
         server.stop()
-    assert os.path.exists(settings.outputs_dir / f"{done['id']}.mp4")
+    assert os.path.exists(settings.outputs_dir / done["id"] / "attempt-1.mp4")

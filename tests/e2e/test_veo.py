@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from kinema.engines.cache import WarmModels
 from kinema.settings import Settings
 from tests.conftest import LiveServer, assert_mp4, server_settings
 from tests.e2e.test_api import download, finished, wait_until
+from tests.e2e.test_serve import events, free_port, start_serve
 from tests.engines.fake_google import API_KEY, FakeGoogle
 
 RUN = "/v1/apps/google/veo-3-1-fast/run"
@@ -213,3 +215,101 @@ def test_the_cli_runs_veo_in_process_without_importing_torch(google: FakeGoogle,
     assert task["status"] == "completed" and task["output_meta"]["has_audio"] is False
     assert_mp4(target, width=1280, height=720, duration=4.0, fps=24, audio=False)
     assert API_KEY not in result.stdout + result.stderr
+
+
+def test_a_veo_task_requeued_by_a_graceful_stop_resumes_its_operation_on_restart(
+    google: FakeGoogle, tmp_path: Path
+) -> None:
+    google.reset()
+    google.behaviour.never_done = True
+    settings = veo_settings(tmp_path / "data", google)
+    server = LiveServer(settings, WarmModels()).start()
+    try:
+        with server.client() as api:
+            task_id = api.post(RUN, json=CLIP, params={"wait": "false"}).json()["id"]
+            deadline = time.monotonic() + 20
+            while not google.polls():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        server.stop()  # Ctrl-C / SIGTERM: running tasks go back to the queue
+    assert server.state.store.tasks.get(task_id).status.value == "queued"
+    google.behaviour.never_done = False
+    server = LiveServer(settings, WarmModels()).start()
+    try:
+        with server.client() as api:
+            task = wait_until(api, task_id, finished, timeout=30)
+        assert task["status"] == "completed", task["error"]
+        assert len(google.submits()) == 1
+    finally:
+        server.stop()
+
+
+def test_a_veo_task_killed_after_its_submit_resumes_googles_operation_and_is_charged_once(
+    google: FakeGoogle, tmp_path: Path
+) -> None:
+    google.reset()
+    google.behaviour.never_done = True  # the first server must die while Google is still working
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KINEMA_", "GOOGLE_", "GEMINI_"))}
+    env.update(
+        {
+            "KINEMA_DATA_DIR": str(tmp_path / "data"),
+            "KINEMA_ADMIN_KEY": "kin_test_admin_key",
+            "KINEMA_BILLING_ENABLED": "true",
+            "KINEMA_WORKERS": "0",  # provider workers only: no local model, no torch
+            "KINEMA_GOOGLE_API_KEY": API_KEY,
+            "KINEMA_GOOGLE_BASE_URL": google.url,
+            "KINEMA_GOOGLE_POLL_INITIAL_S": "0.05",
+            "KINEMA_GOOGLE_POLL_MAX_S": "0.1",
+            "KINEMA_VIDEO_PRESET": "ultrafast",
+        }
+    )
+    port, log = free_port(), tmp_path / "serve.log"
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": "Bearer kin_test_admin_key"}
+    process = start_serve(env, port, log)
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+            me = api.get("/v1/me").json()
+            api.post(f"/v1/admin/users/{me['id']}/credit", json={"amount": "10.00"}).raise_for_status()
+            task_id = api.post(RUN, json=CLIP, params={"wait": "false"}).json()["id"]
+            # The engine keeps the operation before its first poll, so a poll means it is in the database.
+            deadline = time.monotonic() + 30
+            while not google.polls():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)  # a crash: nothing of kinema runs
+            process.wait(10)
+            (submit,) = google.submits()
+            (operation,) = google.operations
+            restarted_at = len(google.requests)
+
+            google.behaviour.never_done = False
+            process = start_serve(env, port, log)
+            task = wait_until(api, task_id, finished, timeout=60)
+            assert task["status"] == "completed", task["error"]
+            assert task["output_meta"]["billing"]["cost"] == "1.00"
+
+            assert google.submits() == [submit]  # Google was asked for the video exactly once
+            after = google.requests[restarted_at:]
+            polls = [r for r in after if r.path == f"/v1beta/{operation}"]
+            assert polls and all(r.method == "GET" for r in polls)
+            assert all(
+                r.path == f"/v1beta/{operation}" or ":download" in r.path or r.path.startswith("/storage/")
+                for r in after
+            )
+            messages = [e["message"] for e in events(url, task_id, headers) if "message" in e]
+            assert "the server restarted mid-task; task requeued" in messages
+            assert "resuming the provider's work from an earlier attempt" in messages
+
+            account = api.get("/v1/me").json()  # charged once, nothing left on hold
+            assert account["usage"] == [
+                {"app": "google/veo-3-1-fast", "day": account["usage"][0]["day"], "tasks": 1, "cost": "1.00"}
+            ]
+            assert (account["balance"], account["held"]) == ("9.00", "0.00")
+            # The saved operation is internal: not in the task, its events or its listing.
+            public = api.get(f"/v1/tasks/{task_id}").text + api.get("/v1/tasks").text
+            public += api.get(f"/v1/tasks/{task_id}/events").text
+            assert operation.rsplit("/", 1)[1] not in public and "provider_state" not in public
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)

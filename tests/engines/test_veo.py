@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from kinema.engines.base import CancelToken, ProgressEvent
-from kinema.engines.veo import VeoClient, VeoConfig, VeoRequest
+from kinema.domain.sizing import plan_frames
+from kinema.engines.base import CancelToken, GenerationRequest, ProgressEvent, ignore_progress
+from kinema.engines.veo import VeoClient, VeoConfig, VeoEngine, VeoRequest
 from kinema.errors import (
     Cancelled,
     ProviderAuthFailed,
     ProviderError,
     ProviderInvalidArgument,
+    ProviderOperationLost,
     ProviderQuotaExceeded,
     ProviderSafetyBlocked,
     ProviderTimeout,
@@ -289,3 +291,120 @@ def test_the_key_never_appears_in_errors_or_logs(
         generate(fake, tmp_path)
     assert API_KEY not in raised.value.message and "[redacted]" in raised.value.message
     assert caplog.records and all(API_KEY not in record.getMessage() for record in caplog.records)
+
+
+# Resuming an operation an earlier attempt started ------------------------------------------------------
+
+
+def engine_request(tmp_path: Path, **overrides: Any) -> GenerationRequest:
+    values: dict[str, Any] = {
+        "prompt": "A drone shot rising over a foggy forest at sunrise",
+        "negative_prompt": None,
+        "image": None,
+        "width": 1280,
+        "height": 720,
+        "frames": plan_frames(4, 24, 1),
+        "generate_audio": True,
+        "seed": 7,
+        "resolution": "720p",
+        "aspect_ratio": "16:9",
+        "duration": 4.0,
+        "download_to": tmp_path / "google.mp4",
+    }
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def veo_engine(fake: FakeGoogle, *, vertexai: bool = False, **cfg: Any) -> VeoEngine:
+    model = "veo-3.1-fast-generate-001" if vertexai else "veo-3.1-fast-generate-preview"
+    return VeoEngine(model, config(fake, vertexai=vertexai, **cfg))
+
+
+def polled_names(fake: FakeGoogle) -> set[str]:
+    """The operation names the polls asked about (Gemini: in the path; Vertex: in the body)."""
+    return {
+        r.body["operationName"] if r.method == "POST" else r.path.removeprefix("/v1beta/")
+        for r in fake.polls()
+    }
+
+
+def started_then_crashed(fake: FakeGoogle, engine: VeoEngine, tmp_path: Path) -> dict[str, Any]:
+    """A first attempt that submits, saves its operation and dies before its first poll: the saved state."""
+    fake.behaviour.never_done = True
+    cancel = CancelToken()
+    saved: list[dict[str, Any]] = []
+
+    def keep(state: dict[str, Any]) -> None:
+        saved.append(state)
+        cancel.cancel()  # the process goes away right after the state is kept
+
+    with pytest.raises(Cancelled):
+        engine.generate(engine_request(tmp_path, on_provider_state=keep), ignore_progress, cancel)
+    assert len(fake.submits()) == 1 and fake.polls() == []  # kept after the submit, before any poll
+    (state,) = saved
+    return state
+
+
+@pytest.mark.parametrize("vertexai", [False, True])
+def test_an_engine_given_a_saved_operation_polls_it_and_never_submits_again(
+    fake: FakeGoogle, tmp_path: Path, vertexai: bool
+) -> None:
+    engine = veo_engine(fake, vertexai=vertexai)
+    state = started_then_crashed(fake, engine, tmp_path)
+    (operation,) = fake.operations
+    assert state["operation"] == operation and state["api"] == ("vertex" if vertexai else "gemini")
+
+    fake.behaviour.never_done = False
+    fake.requests.clear()
+    stages: list[str] = []
+    saved_again: list[dict[str, Any]] = []
+    request = engine_request(tmp_path, resume=state, on_provider_state=saved_again.append)
+    clip = engine.generate(request, lambda e: stages.append(e.stage), CancelToken())
+
+    assert fake.submits() == []  # no POST …:predictLongRunning: Google makes (and bills) one video
+    assert len(fake.polls()) == 2 and polled_names(fake) == {operation}
+    assert saved_again == [] and stages == ["generate", "download"]
+    assert clip.video_file is not None
+    info = probe_video(clip.video_file)
+    assert (info.width, info.height, info.frames) == (1280, 720, 96)
+
+
+@pytest.mark.parametrize("vertexai", [False, True])
+def test_a_saved_operation_google_no_longer_knows_fails_the_run_without_submitting(
+    fake: FakeGoogle, tmp_path: Path, vertexai: bool
+) -> None:
+    engine = veo_engine(fake, vertexai=vertexai)
+    state = started_then_crashed(fake, engine, tmp_path)
+    fake.reset()  # Google forgot it: the operation expired
+    with pytest.raises(ProviderOperationLost, match="no longer knows operation") as raised:
+        engine.generate(engine_request(tmp_path, resume=state), ignore_progress, CancelToken())
+    assert raised.value.code == "provider_operation_lost" and state["operation"] in raised.value.message
+    assert "could bill a second video" in raised.value.message
+    assert fake.submits() == [] and len(fake.polls()) == 1
+
+
+def test_a_saved_operation_of_the_other_api_is_refused_before_any_call(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    state = started_then_crashed(fake, veo_engine(fake, vertexai=False), tmp_path)
+    fake.requests.clear()
+    with pytest.raises(ProviderOperationLost, match="now calls the vertex API"):
+        veo_engine(fake, vertexai=True).generate(
+            engine_request(tmp_path, resume=state), ignore_progress, CancelToken()
+        )
+    with pytest.raises(ProviderOperationLost, match="cannot resume"):
+        veo_engine(fake).generate(
+            engine_request(tmp_path, resume={"operation": 3}), ignore_progress, CancelToken()
+        )
+    assert fake.requests == []
+
+
+def test_a_saved_operation_past_its_deadline_is_asked_about_once_then_times_out(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    engine = veo_engine(fake, deadline_s=5.0)
+    state = started_then_crashed(fake, engine, tmp_path)
+    state = {**state, "submitted_at": time.time() - 60}  # the server was down longer than the deadline
+    with pytest.raises(ProviderTimeout, match=state["operation"]):
+        engine.generate(engine_request(tmp_path, resume=state), ignore_progress, CancelToken())
+    assert len(fake.submits()) == 1 and len(fake.polls()) == 1  # Google may have finished it meanwhile

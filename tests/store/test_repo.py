@@ -134,16 +134,37 @@ def test_finish_after_cancel_of_queued_task_writes_nothing(store: Store) -> None
 
 def test_recover_requeues_running_tasks_then_fails_them_after_max_attempts(store: Store) -> None:
     task = submit(store)
-    store.tasks.claim_next("dead-worker")
+    first = store.tasks.claim_next("dead-worker")
+    assert first is not None and first.attempt == 1  # each start has its own output key
     recovered = store.tasks.recover_running(max_attempts=2, lease_s=0)
     assert recovered.requeued == [task.id] and recovered.failed == []
     assert store.tasks.get(task.id).status is TaskStatus.queued
-    store.tasks.claim_next("dead-again")
+    second = store.tasks.claim_next("dead-again")
+    assert second is not None and second.attempt == 2
     recovered = store.tasks.recover_running(max_attempts=2, lease_s=0)
     assert recovered.failed == [task.id]
     failed = store.tasks.get(task.id)
     assert failed.status is TaskStatus.failed
     assert failed.error is not None and failed.error.code == "worker_lost"
+
+
+def test_provider_state_survives_requeues_and_recovery_and_stays_out_of_the_task(store: Store) -> None:
+    task = submit(store, app="google/veo-3-1-fast")
+    assert store.tasks.provider_state(task.id) is None
+    store.tasks.claim_next("w1")
+    state = {"provider": "google", "api": "gemini", "operation": "models/veo/operations/op123"}
+    store.tasks.save_provider_state(task.id, state)
+    assert store.tasks.requeue(task.id)  # a worker stopping
+    assert store.tasks.provider_state(task.id) == state
+    store.tasks.claim_next("w2")
+    assert store.tasks.recover_running(max_attempts=3, lease_s=0).requeued == [task.id]  # a crash
+    assert store.tasks.provider_state(task.id) == state
+    running = store.tasks.claim_next("w3")
+    assert running is not None
+    running.status, running.error = TaskStatus.failed, TaskError(code="provider_unavailable", message="x")
+    assert store.tasks.finish(running)
+    assert store.tasks.provider_state(task.id) == state  # kept after the end, for debugging
+    assert "op123" not in store.tasks.get(task.id).model_dump_json()  # never part of the task
 
 
 def test_list_paginates_newest_first_with_filters(store: Store) -> None:

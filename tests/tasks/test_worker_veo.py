@@ -204,3 +204,35 @@ def test_cancel_while_google_works_stops_polling_and_marks_the_task_cancelled(
     time.sleep(0.2)
     assert len(fake.polls()) == polls  # nothing keeps asking Google
     assert not output(ctx, task.id).exists() and staging_left(ctx) == []
+
+
+def test_a_run_resumes_the_operation_its_context_hands_back_instead_of_submitting(
+    tmp_path: Path, fake: FakeGoogle
+) -> None:
+    raw = {"prompt": "resume me", "duration": 4, "generate_audio": True}
+    fake.behaviour.never_done = True
+    first = veo_context(tmp_path, fake)
+    saved: list[dict[str, Any]] = []
+
+    def keep(state: dict[str, Any]) -> None:
+        saved.append(state)
+        first.cancel.cancel()  # stopped right after the state was kept, as a server shutting down
+
+    first.on_provider_state = keep
+    assert run_task(VEO_3_1_FAST, raw, first).status is TaskStatus.cancelled
+    (state,) = saved
+
+    fake.behaviour.never_done = False
+    again = veo_context(tmp_path, fake)
+    again.resume = state
+    task = run_task(VEO_3_1_FAST, raw, again)
+    assert task.status is TaskStatus.completed, task.error
+    assert len(fake.submits()) == 1  # the first attempt's only
+    assert_mp4(output(again, task.id), width=1280, height=720, duration=4.0, fps=24, audio=True)
+
+    lost = veo_context(tmp_path, fake)
+    lost.resume = {**state, "operation": state["operation"].rsplit("/", 1)[0] + "/expired"}
+    failed = run_task(VEO_3_1_FAST, raw, lost)
+    assert failed.status is TaskStatus.failed and failed.error is not None
+    assert failed.error.code == "provider_operation_lost" and "expired" in failed.error.message
+    assert len(fake.submits()) == 1 and staging_left(lost) == []

@@ -703,7 +703,8 @@ def serve(
         if v is not None
     }
     settings = Settings(**overrides)
-    quiet_libraries()
+    if settings.local_workers > 0:  # an API-only process never imports torch or diffusers
+        quiet_libraries()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(
         f"kinema serving on http://{settings.host}:{settings.port} "
@@ -725,7 +726,8 @@ Point them at the API's database (KINEMA_DATABASE_URL, PostgreSQL for a cluster)
 per machine. With --gpus 0,1 a parent process runs one worker per GPU (each owning its GPU and keeping its
 models warm) and restarts any that dies; without it, one worker runs on the CPU (or GPU 0). Each worker
 serves every app this machine can run, or those given with --apps, and prefers tasks for models it already
-has loaded.
+has loaded. --gpus all runs one per GPU the process can see (CUDA_VISIBLE_DEVICES), or one CPU worker when
+there is none.
 
 SIGTERM (or Ctrl-C) lets the running task finish for up to KINEMA_WORKER_GRACE_S seconds, then hands it back
 to the queue; a second SIGTERM hands it back at once. A worker killed outright loses its lease after
@@ -747,7 +749,8 @@ Settings (environment, or a .env file):
 @app.command("worker", help=WORKER_HELP)
 def worker(
     gpus: Annotated[
-        str | None, typer.Option(help="GPUs to run workers on, one process each, e.g. 0,1 (KINEMA_GPUS).")
+        str | None,
+        typer.Option(help="GPUs to run workers on, one process each: 0,1 or all (KINEMA_GPUS)."),
     ] = None,
     processes: Annotated[
         int, typer.Option(min=1, help="CPU worker processes to run (without --gpus; default 1).")
@@ -759,8 +762,10 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (KINEMA_DATA_DIR).")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    from kinema.cli.worker import start_workers
+    from kinema.cli.worker import start_workers, visible_gpus
 
+    if gpus is not None and gpus.strip().lower() == "all":
+        gpus = ",".join(map(str, range(visible_gpus()))) or None  # none visible: one CPU worker
     overrides: dict[str, Any] = {
         k: v for k, v in {"gpus": gpus, "data_dir": data_dir, "worker_apps": apps}.items() if v is not None
     }

@@ -48,6 +48,15 @@ def served_apps(settings: Settings, wanted: Sequence[str] | None) -> tuple[list[
     return serve, skipped
 
 
+def visible_gpus() -> int:
+    """How many CUDA GPUs this process can see (0 without CUDA or without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def device_label(settings: Settings) -> str:
     """The device this process's local worker owns, as far as settings say without importing torch."""
     if settings.gpus:

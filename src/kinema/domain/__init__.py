@@ -1,1 +1,2 @@
-"""Domain types at the bottom of the layers: tasks, outputs, sizes, stages. Imports nothing else of kinema."""
+"""Domain types at the bottom of the layers: tasks, outputs, sizes, stages, and the API's wire shapes. Imports
+nothing else of kinema."""

@@ -69,6 +69,8 @@ class Task(BaseModel):
     completed_at: datetime | None = None
     # The stored MP4's file id (server mode); output.video is a signed URL made from it per request.
     output_file: str | None = Field(default=None, exclude=True)
-    # Which start of the task this is (1, 2, ...), set when a worker claims it: the fencing token that lets
-    # only the current run record an end, so a run whose lease expired cannot finish a task twice.
-    attempt: int | None = Field(default=None, exclude=True)
+    # Which start of the task this is (1, 2, ... as a queue claims it; None for a CLI run that no queue
+    # holds): each start stores its output under its own key, so a retry never overwrites an earlier one,
+    # and it is the fencing token of the start's writes (progress, finish, requeue), so a start whose lease
+    # expired cannot record or charge the task after the next start took it.
+    attempt: int | None = Field(default=None, ge=1, exclude=True)

@@ -19,6 +19,12 @@ from PIL import Image
 from kinema.domain.sizing import FramePlan
 from kinema.errors import Cancelled
 
+ProviderStateCallback = Callable[[dict[str, Any]], None]
+
+
+def ignore_provider_state(state: dict[str, Any]) -> None:
+    """A provider-state callback that keeps nothing (a run with no store to resume from: the CLI)."""
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -38,6 +44,12 @@ class GenerationRequest:
     duration: float = 0.0
     # A staging path a remote engine writes the provider's file into (the worker discards it afterwards).
     download_to: Path | None = None
+    # A provider's engine: the state an earlier attempt of this task saved (e.g. the operation it started),
+    # to follow that work instead of submitting again; None on a first attempt. Local engines ignore it.
+    resume: dict[str, Any] | None = None
+    # A provider's engine calls this as soon as it has state worth resuming (right after a submit), before
+    # waiting; the caller keeps it durably and hands it back as `resume` if the task runs again.
+    on_provider_state: ProviderStateCallback = field(default=ignore_provider_state, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

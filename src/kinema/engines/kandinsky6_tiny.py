@@ -15,13 +15,13 @@ text encoders' special token ids point at the tiny vocabularies.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from kinema.engines.loading import save_model_dir
 
 Repo = Literal["pro", "pro-distill"]
 REPOS: dict[str, Repo] = {"full": "pro", "distilled": "pro-distill"}
@@ -203,11 +203,7 @@ def save_tiny_repo(repo: Repo, target: Path, seed: int = 0) -> Path:
     from diffusers import Kandinsky6TI2VAPipeline
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    def write(staging: Path) -> None:
         pipeline: Any = Kandinsky6TI2VAPipeline(**build_tiny_components(repo, seed))
         pipeline.save_pretrained(staging)
         # The real tokenizer/ is a Qwen2.5-VL processor folder: tokenizer files plus the image processor's
@@ -217,14 +213,8 @@ def save_tiny_repo(repo: Repo, target: Path, seed: int = 0) -> Path:
         index = json.loads((staging / "model_index.json").read_text())
         index["tokenizer"] = real_config(repo, "model_index")["tokenizer"]
         (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race; its copy is identical
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return save_model_dir(target, write)
 
 
 def save_tiny_kandinsky6(target: Path, seed: int = 0) -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +139,25 @@ def read_configs(model_dir: Path) -> dict[str, dict[str, Any]]:
                 configs[sub.name] = read_json(sub / name)
                 break
     return configs
+
+
+def save_model_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """A model directory written atomically: write() fills a staging folder beside target, which is then
+    renamed into place. A directory already there (with its model_index.json) is kept as it is."""
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        write(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _missing_weights(model_dir: Path, plan: WeightsPlan, needed: list[str]) -> list[str]:

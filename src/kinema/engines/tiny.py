@@ -11,13 +11,13 @@ plus a root distilled LoRA for LTX-2, latent_upsampler/ for all. The output is n
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from kinema.engines.loading import save_model_dir
 
 TINY_VOCAB_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
 
@@ -216,11 +216,7 @@ def save_tiny_repo(generation: str, target: Path, seed: int = 0, num_layers: int
     """
     from diffusers import LTX2Pipeline
 
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    def write(staging: Path) -> None:
         components = build_tiny_components(generation, seed, num_layers)
         if generation == "2.5":
             from diffusers.pipelines.ltx2.duration_head import LTX2DurationHead
@@ -244,14 +240,8 @@ def save_tiny_repo(generation: str, target: Path, seed: int = 0, num_layers: int
             # The shipped scheduler is the distilled one ([D] "LTX-2.5").
         build_tiny_upsampler(generation).save_pretrained(staging / "latent_upsampler")
         _save_lora(transformer, staging / LORA_NAMES[generation], seed + 2)
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race; its copy is identical
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return save_model_dir(target, write)
 
 
 def save_tiny_model(target: Path, seed: int = 0) -> Path:

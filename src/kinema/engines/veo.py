@@ -10,6 +10,11 @@ Two kinds of key reach Veo, and the SDK (3.x) treats them differently:
 - A Vertex AI key (express mode, `KINEMA_GOOGLE_VERTEXAI=true`). Plain `models.generate_videos` and
   `operations.get`; the video comes back inline in the finished operation.
 
+A started operation is reported to the caller (GenerationRequest.on_provider_state) before any polling; a
+later attempt of the same task passes it back (GenerationRequest.resume) and polls that operation instead of
+submitting again, so Google never makes (and bills) the video twice. An operation Google no longer knows fails
+the task.
+
 google-genai is imported only when a run starts, and nothing here touches torch.
 """
 
@@ -20,7 +25,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +46,7 @@ from kinema.errors import (
     ProviderBadOutput,
     ProviderError,
     ProviderInvalidArgument,
+    ProviderOperationLost,
     ProviderQuotaExceeded,
     ProviderSafetyBlocked,
     ProviderTimeout,
@@ -142,8 +148,15 @@ class VeoEngine:
             generate_audio=request.generate_audio,
             seed=seed,
         )
+        resume = VeoOperation.from_state(request.resume) if request.resume is not None else None
+
+        def started(operation: VeoOperation) -> None:
+            request.on_provider_state(operation.to_state())
+
         with VeoClient(self.config) as client:
-            result = client.generate(veo, request.download_to, progress, cancel)
+            result = client.generate(
+                veo, request.download_to, progress, cancel, resume=resume, on_started=started
+            )
         log.info("veo: operation %s delivered (%d polls)", result.operation, result.polls)
         return GeneratedClip(
             width=request.width,
@@ -211,6 +224,44 @@ class VeoRequest:
 
 
 @dataclass(frozen=True)
+class VeoOperation:
+    """A started Veo operation as a task keeps it: enough for another process to poll it later."""
+
+    name: str  # Google's operation name
+    api: str  # "gemini" or "vertex": only the API that started it can poll it
+    model: str
+    submitted_at: float  # wall-clock seconds (time.time()); the total deadline counts from here
+
+    def to_state(self) -> dict[str, Any]:
+        """The JSON a task store keeps (GenerationRequest.on_provider_state)."""
+        return {
+            "provider": "google",
+            "api": self.api,
+            "model": self.model,
+            "operation": self.name,
+            "submitted_at": self.submitted_at,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> VeoOperation:
+        """The operation an earlier attempt saved; ProviderOperationLost if the state is not one of ours."""
+        name, api, model = state.get("operation"), state.get("api"), state.get("model")
+        submitted_at = state.get("submitted_at")
+        if (
+            state.get("provider") != "google"
+            or not isinstance(name, str)
+            or not name
+            or api not in ("gemini", "vertex")
+            or not isinstance(submitted_at, (int, float))
+        ):
+            raise ProviderOperationLost(
+                "an earlier attempt of this task left provider state kinema cannot resume; "
+                "not submitting it to Google again (that could bill a second video)"
+            )
+        return cls(name=name, api=str(api), model=str(model or ""), submitted_at=float(submitted_at))
+
+
+@dataclass(frozen=True)
 class VeoResult:
     """What Google produced: the operation that made it and how long each stage took."""
 
@@ -218,6 +269,7 @@ class VeoResult:
     api: str
     polls: int
     timings: dict[str, float]
+    resumed: bool = False  # the operation was started by an earlier attempt, not submitted by this one
 
 
 class VeoClient:
@@ -243,18 +295,38 @@ class VeoClient:
         self._client.close()
 
     def generate(
-        self, request: VeoRequest, destination: Path, progress: ProgressCallback, cancel: CancelToken
+        self,
+        request: VeoRequest,
+        destination: Path,
+        progress: ProgressCallback,
+        cancel: CancelToken,
+        *,
+        resume: VeoOperation | None = None,
+        on_started: Callable[[VeoOperation], None] | None = None,
     ) -> VeoResult:
-        """Ask Veo for the video, wait for it (backoff, deadline, cancel) and write Google's file."""
+        """Ask Veo for the video (or, with resume, follow the operation an earlier attempt started), wait
+        for it (backoff, deadline, cancel) and write Google's file.
+
+        on_started gets the new operation right after the submit returns, before any polling.
+        """
         begun = time.monotonic()
-        deadline = begun + self.config.deadline_s
-        progress(ProgressEvent("submit"))
-        cancel.raise_if_cancelled()
-        operation = self._call(lambda: self._submit(request), "send the request to Google")
-        log.info("veo: %s started operation %s", request.model, operation.name)
+        if resume is None:
+            deadline = begun + self.config.deadline_s
+            progress(ProgressEvent("submit"))
+            cancel.raise_if_cancelled()
+            operation = self._call(lambda: self._submit(request), "send the request to Google")
+            log.info("veo: %s started operation %s", request.model, operation.name)
+            if on_started is not None and operation.name:
+                on_started(VeoOperation(operation.name, self.config.api, request.model, time.time()))
+        else:
+            # The total deadline counts from the original submit; what passed while no process was
+            # waiting (a crash, a restart) counts too.
+            deadline = begun + resume.submitted_at + self.config.deadline_s - time.time()
+            operation = self._resumed(resume)
+            log.info("veo: resuming operation %s from an earlier attempt", resume.name)
         submitted = time.monotonic()
         progress(ProgressEvent("generate"))
-        operation, polls = self._wait(operation, deadline, cancel)
+        operation, polls = self._wait(operation, deadline, cancel, resumed=resume is not None)
         generated = time.monotonic()
         video = self._video_of(operation)
         cancel.raise_if_cancelled()
@@ -264,6 +336,7 @@ class VeoClient:
             operation=operation.name or "",
             api=self.config.api,
             polls=polls,
+            resumed=resume is not None,
             timings={
                 "submit": submitted - begun,
                 "generate": generated - submitted,
@@ -301,28 +374,68 @@ class VeoClient:
         )
         return operation
 
-    def _wait(
-        self, operation: types.GenerateVideosOperation, deadline: float, cancel: CancelToken
-    ) -> tuple[types.GenerateVideosOperation, int]:
-        """Poll until the operation is done: growing waits, transient errors retried, a total deadline."""
+    def _resumed(self, resume: VeoOperation) -> types.GenerateVideosOperation:
+        """The operation an earlier attempt started, to poll; only the API that started it knows it."""
+        from google.genai import types
+
+        if resume.api != self.config.api:
+            raise ProviderOperationLost(
+                f"an earlier attempt of this task started Google operation {resume.name} through the "
+                f"{resume.api} API, but this server now calls the {self.config.api} API, which cannot follow "
+                "it; not submitting it again (that could bill a second video)"
+            )
+        operation: types.GenerateVideosOperation = types.GenerateVideosOperation.from_api_response(
+            {"name": resume.name}, is_vertex_ai=self.config.vertexai
+        )
+        return operation
+
+    def _poll_waits(self, resumed: bool) -> Iterator[float]:
+        """The waits before each poll: a resumed operation is asked about at once, then growing waits."""
+        if resumed:
+            yield 0.0
         interval = self.config.poll_initial_s
+        while True:
+            yield interval
+            interval = min(interval * BACKOFF, self.config.poll_max_s)
+
+    def _wait(
+        self,
+        operation: types.GenerateVideosOperation,
+        deadline: float,
+        cancel: CancelToken,
+        *,
+        resumed: bool = False,
+    ) -> tuple[types.GenerateVideosOperation, int]:
+        """Poll until the operation is done: growing waits, transient errors retried, a total deadline.
+
+        A resumed operation is polled at least once even past its deadline: Google may have finished it
+        while no process was waiting.
+        """
         polls = 0
         last_error: ProviderError | None = None
+        waits = self._poll_waits(resumed)
         while not operation.done:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not (resumed and polls == 0):
                 detail = f"; the last poll failed: {last_error.message}" if last_error else ""
                 raise ProviderTimeout(
                     f"Google did not finish within {self.config.deadline_s:g} s "
                     f"(operation {operation.name}); it may still finish and bill the video{detail}"
                 )
-            cancel.sleep(min(interval, remaining))
-            interval = min(interval * BACKOFF, self.config.poll_max_s)
+            cancel.sleep(min(next(waits), max(0.0, remaining)))
             polls += 1
             try:
                 operation = self._client.operations.get(operation)
                 last_error = None
             except Exception as exc:
+                gone = _not_found(exc) if resumed else None
+                if gone is not None:
+                    raise ProviderOperationLost(
+                        f"Google no longer knows operation {operation.name}, which an earlier attempt of "
+                        f"this task started ({_clean(gone, self.config.api_key)}): it expired or was "
+                        "removed. kinema does not submit the task again, since that could bill a second "
+                        "video; run it again for a new one"
+                    ) from exc
                 error, transient = self._translate(exc, "ask Google about the video")
                 if not transient:
                     raise error from exc
@@ -396,6 +509,15 @@ class VeoClient:
             )
             return ProviderBadOutput(message), False
         raise exc
+
+
+def _not_found(exc: Exception) -> str | None:
+    """Google's message when it answered that what was asked about does not exist (404 / NOT_FOUND)."""
+    from google.genai import errors
+
+    if isinstance(exc, errors.APIError) and (exc.code == 404 or exc.status == "NOT_FOUND"):
+        return exc.message or exc.status or "HTTP 404"
+    return None
 
 
 def _network_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from kinema.errors import StorageError
 
@@ -52,3 +53,11 @@ def copy_atomically(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(source, "rb") as stream:
         write_atomically(stream, target)
+
+
+def content_disposition(kind: str, filename: str) -> str:
+    """Content-Disposition as the API's /files route (Starlette) writes it: RFC 5987 filename* when needed."""
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"{kind}; filename*=utf-8''{quoted}"
+    return f'{kind}; filename="{filename}"'

@@ -6,6 +6,10 @@ recorded key. So a new key scheme applies to new objects only and older ones are
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
+from kinema.errors import StorageError
+
 
 def upload_key(file_id: str) -> str:
     """Where an uploaded input file lives in storage."""
@@ -23,3 +27,11 @@ def output_key(task_id: str, attempt: int | None = None) -> str:
     if attempt < 1:
         raise ValueError(f"attempt numbers start at 1, not {attempt}")
     return f"{task_id}/attempt-{attempt}.mp4"
+
+
+def checked_key(key: str) -> PurePosixPath:
+    """A key as a relative path that stays inside storage; StorageError for an empty, absolute or ../ key."""
+    path = PurePosixPath(key)
+    if path.is_absolute() or not path.parts or any(part in ("..", "") for part in path.parts):
+        raise StorageError(f"invalid storage key {key!r}")
+    return path

@@ -5,19 +5,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import logging
 import os
-import socket
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from stat import S_ISREG
 from typing import TYPE_CHECKING, BinaryIO
 
 from kinema.errors import NotFound, RangeNotSatisfiable, StorageError
 from kinema.storage.base import ObjectInfo, StoredObject
 from kinema.storage.files import copy_atomically, is_storage_fault, storage_fault
+from kinema.storage.keys import checked_key
+from kinema.storage.staging import StagingDir
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -25,38 +23,18 @@ if TYPE_CHECKING:
 # Shared helpers that used to live here; importers of kinema.storage.local keep working.
 __all__ = ["LocalStorage", "copy_atomically", "is_storage_fault", "storage_fault"]
 
-log = logging.getLogger(__name__)
-
-
-def _owner_tag() -> str:
-    """The host and process that own a staging file, in its name (so a restart can tell its own orphans)."""
-    host = "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())[:64] or "host"
-    return f"{host}~{os.getpid()}~"
-
-
-def _safe_key(key: str) -> PurePosixPath:
-    path = PurePosixPath(key)
-    if path.is_absolute() or not path.parts or any(part in ("..", "") for part in path.parts):
-        raise StorageError(f"invalid storage key {key!r}")
-    return path
-
 
 class LocalStorage:
     """Files under a root directory; staging files live in root/.staging on the same filesystem."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.staging_dir = self.root / ".staging"
+        self.staging_dir = self.root / ".staging"  # on the same filesystem, so put is a rename
+        self._staging = StagingDir(self.staging_dir)
 
     def staging_file(self, suffix: str) -> Path:
         """A fresh empty file in the staging directory, named for this host and process; StorageError."""
-        try:
-            self.staging_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=_owner_tag(), suffix=suffix, dir=self.staging_dir)
-        except OSError as exc:
-            raise storage_fault(exc, "cannot create a staging file") from exc
-        os.close(fd)
-        return Path(name)
+        return self._staging.new_file(suffix)
 
     def put(self, source: Path, key: str) -> StoredObject:
         """Move a finished staging file into place under key (fsync, then rename); StorageError."""
@@ -87,41 +65,11 @@ class LocalStorage:
 
     def discard(self, staging: Path) -> None:
         """Remove a staging file (a failure to remove it is left to the next start's sweep)."""
-        with contextlib.suppress(OSError):
-            staging.unlink(missing_ok=True)
+        self._staging.discard(staging)
 
     def sweep_staging(self, grace_s: float) -> int:
-        """Remove staging files a crashed process left behind; the number removed.
-
-        A file is an orphan when this host's process that made it is gone, or, whoever made it, when it
-        has not changed for grace_s: servers on other hosts may share this directory, and only age tells
-        their live files from their orphans.
-        """
-        try:
-            entries = list(os.scandir(self.staging_dir))
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            log.warning("cannot read the staging directory: %s", exc)
-            return 0
-        host_tag, now, removed = _owner_tag().split("~", 1)[0], time.time(), 0
-        for entry in entries:
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                host, _, rest = entry.name.partition("~")
-                pid_text = rest.partition("~")[0]
-                dead_here = host == host_tag and pid_text.isdigit() and not _process_alive(int(pid_text))
-                if dead_here or now - entry.stat(follow_symlinks=False).st_mtime > grace_s:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                continue  # another server swept it first
-            except OSError as exc:
-                log.warning("cannot remove staging file %s: %s", entry.name, exc)
-        if removed:
-            log.info("removed %d staging file(s) left by stopped processes", removed)
-        return removed
+        """Remove staging files a crashed process left behind (see StagingDir.sweep); the number removed."""
+        return self._staging.sweep(grace_s)
 
     def delete(self, key: str) -> bool:
         """Remove a stored file; whether there was one; StorageError when it cannot be removed."""
@@ -187,11 +135,12 @@ class LocalStorage:
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
     ) -> str | None:
         """None: a local directory has no URL of its own, so the API's signed /files route serves it."""
+        checked_key(key)  # a bad key is refused here as by every other method (and every backend)
         return None
 
     def path_for(self, key: str) -> Path:
         """The local path of a stored key (this backend's own business: callers use the Storage methods)."""
-        return self.root.joinpath(*_safe_key(key).parts)
+        return self.root.joinpath(*checked_key(key).parts)
 
 
 class _Window(io.RawIOBase):
@@ -225,16 +174,3 @@ def _read_fault(exc: OSError) -> StorageError:
     """A StorageError for a failed read, naming no server path in its public message."""
     public = f"cannot read the stored file: {exc.strerror or type(exc).__name__}"
     return StorageError(f"cannot read the stored file: {exc}", public_message=public)
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists but belongs to someone else
-    return True

@@ -53,6 +53,9 @@ class TaskRow(Base):
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     deadline_at: Mapped[datetime | None]
     cancel_reason: Mapped[str | None] = mapped_column(String(16))  # user | deadline
+    # What a provider's engine saved to resume its work (e.g. Google's operation) if the task runs again.
+    # Internal: kept through requeues and after the end (for debugging), never shown by the API.
+    provider_state: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]

@@ -462,6 +462,21 @@ class TaskRepo:
             if row is not None and row.webhook_url:
                 webhooks.enqueue(session, row, "progress", now, new_id("msg"))
 
+    def provider_state(self, task_id: str) -> dict[str, Any] | None:
+        """What a provider's engine saved on an earlier attempt of the task (None: nothing to resume)."""
+        with self.db.session() as session:
+            state = session.scalar(select(TaskRow.provider_state).where(TaskRow.id == task_id))
+            return dict(state) if state else None
+
+    def save_provider_state(self, task_id: str, state: dict[str, Any]) -> None:
+        """Keep a provider's resumable state, committed when this returns.
+
+        Whatever the task's status: an attempt requeued under its feet must still find the operation it
+        started, so the next attempt resumes it rather than paying for a second one.
+        """
+        with self.db.session() as session:
+            session.execute(update(TaskRow).where(TaskRow.id == task_id).values(provider_state=state))
+
     def log(self, task_id: str, message: str) -> None:
         with self.db.session() as session:
             add_event(session, task_id, "log", {"message": message})

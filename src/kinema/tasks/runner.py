@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
+from typing import Any
 
 from kinema.apps.registry import get_app, list_apps
 from kinema.domain.stages import stage_label
@@ -32,9 +33,10 @@ from kinema.engines.cache import WarmModels
 from kinema.errors import KinemaError, NotFound
 from kinema.settings import Settings
 from kinema.storage.base import Storage
+from kinema.storage.keys import output_key
 from kinema.store import Store
 from kinema.tasks.queue import TaskQueue
-from kinema.tasks.worker import RunContext, prepare_input, run_task, task_output_key
+from kinema.tasks.worker import RunContext, prepare_input, run_task
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +381,7 @@ class Runner:
                 attempt=task.attempt,
             )
 
+        resume, save_provider_state = self._provider_state(task)
         ctx = RunContext(
             settings=self.settings,
             storage=self.storage,
@@ -386,13 +389,15 @@ class Runner:
             cancel=token,
             warm=self.warms[min(local_slot, len(self.warms) - 1)],
             device=device,
+            resume=resume,
+            on_provider_state=save_provider_state,
         )
         result = run_task(app, task.input, ctx, prepared=prepared, task=task)
         if result.status is TaskStatus.completed and result.output_meta is not None:
             stored = self.store.files.add(
                 owner=task.owner or "",
                 purpose="output",
-                key=task_output_key(task),
+                key=output_key(task.id, task.attempt),  # where run_task stored it
                 filename=f"{task.id}.mp4",
                 content_type="video/mp4",
                 size_bytes=result.output_meta.size_bytes,
@@ -401,6 +406,28 @@ class Runner:
             seconds = result.output_meta.timings.get("total", 0.0)
             self.store.tasks.log(task.id, f"completed in {seconds:.2f} s")
         return result
+
+    def _provider_state(self, task: Task) -> tuple[dict[str, Any] | None, Callable[[dict[str, Any]], None]]:
+        """What an earlier attempt of the task saved for its provider, and how this attempt saves new state.
+
+        A provider's engine saves its operation before it waits, so a task requeued after a crash or a
+        stop resumes that operation instead of paying for a second one. If the store cannot take it, the
+        run goes on (the provider is already working, and billing): only a crash before the end would
+        then submit again.
+        """
+        saved = self.store.tasks.provider_state(task.id)
+        if saved is not None:
+            self.store.tasks.log(task.id, "resuming the provider's work from an earlier attempt")
+
+        def save(state: dict[str, Any]) -> None:
+            try:
+                self.store.tasks.save_provider_state(task.id, state)
+            except Exception:
+                log.exception(
+                    "task %s: could not save its provider state; a restart would submit again", task.id
+                )
+
+        return saved, save
 
     def _failed(self, task: Task, code: str, message: str) -> Task:
         task.status, task.error, task.completed_at = (
@@ -414,8 +441,8 @@ class Runner:
         charged = self.settings.billing_enabled
         if not self.store.tasks.finish(task, charge=charged, attempt=task.attempt):
             log.warning("task %s ended elsewhere (or went to another worker); discarding this run", task.id)
-            if task.output_file is not None:  # this attempt's own key: never another run's output
-                self.storage.delete(task_output_key(task))
+            if task.output_file is not None:  # this start's own key: never another start's output
+                self.storage.delete(output_key(task.id, task.attempt))
             return
         if self.on_finished is not None:
             try:

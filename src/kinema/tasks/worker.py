@@ -33,7 +33,9 @@ from kinema.engines.base import (
     GenerationRequest,
     ProgressCallback,
     ProgressEvent,
+    ProviderStateCallback,
     ignore_progress,
+    ignore_provider_state,
 )
 from kinema.engines.cache import WARM_MODELS, WarmModels
 from kinema.errors import Cancelled, KinemaError, ProviderBadOutput
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What a run needs from its caller: settings, storage, a progress sink and a cancel switch.
+    """What a run needs from its caller: settings, storage, a progress sink, a cancel switch and, for a
+    provider app, the state to resume from and where to save new state.
 
     allow_local_paths marks the machine's own user (the CLI): images may be local files, and errors keep
     their full text; a server's runs get errors without server paths (those go to its log).
@@ -64,6 +67,10 @@ class RunContext:
     allow_local_paths: bool = False
     warm: WarmModels = WARM_MODELS
     device: str | None = None  # the worker's own device ("cuda:1"); None: settings decide
+    # A provider app's resumable state: what an earlier attempt of this task saved, and where a run saves
+    # new state (a server keeps it in its task store; the CLI keeps none).
+    resume: dict[str, Any] | None = None
+    on_provider_state: ProviderStateCallback = ignore_provider_state
 
 
 @dataclass(frozen=True)
@@ -75,14 +82,6 @@ class PreparedInput:
     width: int
     height: int
     aspect_ratio: str
-
-
-def task_output_key(task: Task) -> str:
-    """Where a run of the task stores its MP4: the task's own key for its first run; a retry (a second
-    attempt after a worker was lost) gets a key of its own, so a late first run can neither overwrite nor
-    delete what the retry stored."""
-    retry = task.attempt if task.attempt is not None and task.attempt > 1 else None
-    return output_key(task.id, retry)
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -219,7 +218,7 @@ def _deliver(
     report(ProgressEvent("store"))
     timings = dict(rendered.timings)
     started = time.perf_counter()
-    stored = ctx.storage.put(staging, task_output_key(task))
+    stored = ctx.storage.put(staging, output_key(task.id, task.attempt))
     timings["store"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - begun
     meta = OutputMeta(
@@ -282,6 +281,8 @@ def _render(
             aspect_ratio=prepared.aspect_ratio,
             duration=validated.duration,
             download_to=download,
+            resume=ctx.resume,
+            on_provider_state=ctx.on_provider_state,
         )
         clip = engine.generate(request, report, ctx.cancel)
         timings.update(clip.timings)
