@@ -30,6 +30,8 @@ from kinema.store.db import open_engine
 from kinema.store.schema import IdempotencyKeyRow, LedgerEntryRow, TaskEventRow, TaskRow
 from tests.e2e.cluster import Cluster, Proc, client, wait_until, worker_pid
 
+pytestmark = pytest.mark.slow  # real processes: about two and a half minutes for the module
+
 INSTANT = "/v1/apps/test/instant/run"
 TINY = "/v1/apps/kinema/tiny/run"
 LEASE_S = 2.0

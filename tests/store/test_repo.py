@@ -214,3 +214,30 @@ def test_files_and_keys(store: Store) -> None:
     assert found is not None and found.id == key.id and found.is_admin
     assert store.accounts.find_key("x" * 64) is None
     assert store.accounts.has_admin_key()
+
+
+def test_the_cluster_migration_goes_down_and_up_again_cleanly(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    from kinema.store.db import MIGRATIONS
+
+    engine = open_engine(database_url)
+    migrate(engine)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    assert current_revision(engine) == "0004"
+    assert not any(
+        name.startswith(("procrastinate", "rate_limits")) for name in inspect(engine).get_table_names()
+    )
+    if engine.dialect.name == "postgresql":  # procrastinate's functions and types went with its tables
+        with engine.connect() as connection:
+            left = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'procrastinate%'"
+            assert connection.scalar(text(left)) == 0
+    migrate(engine)
+    assert current_revision(engine) == "0005"
+    engine.dispose()
