@@ -156,7 +156,11 @@ def open_queue(store: Store, settings: Settings, signals: TaskSignals | None = N
     signals, when given, hears of task events committed by other processes too (PostgreSQL's NOTIFY).
     """
     if settings.uses_procrastinate:
-        from kinema.tasks.pgqueue import ProcrastinateQueue
-
+        if not store.db.postgresql:
+            raise ValueError("KINEMA_QUEUE=procrastinate needs a PostgreSQL KINEMA_DATABASE_URL")
+        try:
+            from kinema.tasks.pgqueue import ProcrastinateQueue
+        except ImportError as exc:  # the [postgres] extra brings psycopg and procrastinate
+            raise RuntimeError(f"the PostgreSQL queue needs `pip install kinema[postgres]` ({exc})") from exc
         return ProcrastinateQueue(store, settings, signals)
     return StoreQueue(store.tasks)

@@ -333,7 +333,8 @@ class Runner:
             result = self._execute(task, token, slot)
         finally:
             with self._lock:
-                self._running.pop(task.id, None)
+                if self._running.get(task.id) is token:  # a later start of it here keeps its own entry
+                    del self._running[task.id]
         interrupted = result.status is TaskStatus.cancelled and self._stopping.is_set()
         if interrupted and not self.queue.cancel_requested([task.id]):
             # stopped by shutdown, not by a user: another worker (or this one, restarted) runs it again
