@@ -67,7 +67,7 @@ class StagingDir:
                     continue
                 host, _, rest = entry.name.partition("~")
                 pid_text = rest.partition("~")[0]
-                dead_here = host == host_tag and pid_text.isdigit() and not _process_alive(int(pid_text))
+                dead_here = host == host_tag and pid_text.isdigit() and not process_alive(int(pid_text))
                 if dead_here or now - entry.stat(follow_symlinks=False).st_mtime > grace_s:
                     os.unlink(entry.path)
                     removed += 1
@@ -80,7 +80,7 @@ class StagingDir:
         return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with this id exists on this host."""
     if pid == os.getpid():
         return True

@@ -41,6 +41,7 @@ from kinema.store import Store
 from kinema.store.db import TASK_EVENTS_CHANNEL
 from kinema.store.schema import TaskRow
 from kinema.store.tasks import Recovery
+from kinema.tasks.queue import StoreQueue
 from kinema.tasks.signals import TaskSignals
 
 log = logging.getLogger(__name__)
@@ -216,16 +217,19 @@ class Listener:
             log.exception("notification handler for %s failed", channel)
 
 
-class ProcrastinateQueue:
-    """TaskQueue over procrastinate's jobs on PostgreSQL, woken by LISTEN/NOTIFY across machines."""
+class ProcrastinateQueue(StoreQueue):
+    """TaskQueue over procrastinate's jobs on PostgreSQL, woken by LISTEN/NOTIFY across machines.
+
+    What differs from the embedded queue: claims go through the jobs table, recovery reconciles jobs with
+    tasks, and the in-process wake-ups are also set by other processes' NOTIFYs.
+    """
 
     def __init__(self, store: Store, settings: Settings, signals: TaskSignals | None = None) -> None:
-        self.store, self.tasks, self.settings = store, store.tasks, settings
+        super().__init__(store.tasks)
+        self.store, self.settings = store, settings
         self.jobs = ProcrastinateJobs()
         self.tasks.use_dispatch(self.jobs)
         self.signals = signals
-        self._work = threading.Event()
-        self._cancel = threading.Event()
         handlers: dict[str, Callable[[str], None]] = {ANY_QUEUE_CHANNEL: self._on_job}
         if signals is not None:
             handlers[TASK_EVENTS_CHANNEL] = lambda payload: signals.notify(payload.split())
@@ -236,24 +240,17 @@ class ProcrastinateQueue:
     def _on_job(self, payload: str) -> None:
         kind = json.loads(payload).get("type")
         if kind == "abort_job_requested":
-            self._cancel.set()
+            self._cancelled.set()
         else:
-            self._work.set()
+            self._queued.set()
 
     def _on_gap(self) -> None:
-        self._work.set()
-        self._cancel.set()
+        self._queued.set()
+        self._cancelled.set()
         if self.signals is not None:
             self.signals.notify_all()
 
     # TaskQueue -----------------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        self._work.set()  # this process's workers at once; other processes hear the job's NOTIFY
-
-    def wait_for_work(self, timeout: float) -> None:
-        self._work.wait(timeout)
-        self._work.clear()
 
     def claim(
         self,
@@ -295,24 +292,6 @@ class ProcrastinateQueue:
                     self.jobs._drop(session, found.task_id, "failed")  # a job left behind its task
         return None
 
-    def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> set[str]:
-        return self.tasks.heartbeat(worker_id, task_ids)
-
-    def requeue(self, task_id: str, *, attempt: int | None = None) -> bool:
-        return self.tasks.requeue(task_id, attempt=attempt)
-
-    def request_cancel(self, task_id: str, *, owner: str | None) -> Task:
-        task = self.tasks.request_cancel(task_id, owner=owner)
-        self._cancel.set()  # this process's watcher at once; others hear the abort's NOTIFY
-        return task
-
-    def wait_for_cancel(self, timeout: float) -> None:
-        self._cancel.wait(timeout)
-        self._cancel.clear()
-
-    def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
-        return self.tasks.cancel_requested(task_ids)
-
     def recover(
         self,
         max_attempts: int,
@@ -321,7 +300,7 @@ class ProcrastinateQueue:
         dead_workers: Collection[str] = (),
         restarted: bool = False,
     ) -> Recovery:
-        recovered = self.tasks.recover_running(
+        recovered = super().recover(
             max_attempts, lease_s=lease_s, dead_workers=dead_workers, restarted=restarted
         )
         self.reconcile()

@@ -34,6 +34,7 @@ from kinema.errors import KinemaError, NotFound
 from kinema.settings import Settings
 from kinema.storage.base import Storage
 from kinema.storage.keys import output_key
+from kinema.storage.staging import process_alive
 from kinema.store import Store
 from kinema.tasks.queue import TaskQueue
 from kinema.tasks.worker import RunContext, prepare_input, run_task
@@ -66,19 +67,6 @@ def lower_thread_priority(increment: int = WORKER_NICENESS) -> None:
 def host_name() -> str:
     """This host's name as worker ids carry it (no colons: they separate the id's parts)."""
     return socket.gethostname().replace(":", "_")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists but belongs to someone else
-    return True
 
 
 def exited_workers(worker_ids: Collection[str], host: str) -> set[str]:
