@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from kinema.billing.pricing import to_micros
 from kinema.domain.tasks import TaskStatus
@@ -29,6 +29,7 @@ from kinema.store import Store
 from kinema.store.db import open_engine
 from kinema.store.schema import IdempotencyKeyRow, LedgerEntryRow, TaskEventRow, TaskRow
 from tests.e2e.cluster import Cluster, Proc, client, wait_until, worker_pid
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.slow  # real processes: about two and a half minutes for the module
 
@@ -40,16 +41,8 @@ LEASE_S = 2.0
 @pytest.fixture(scope="module")
 def database(postgres_server: str) -> Iterator[str]:
     """One database for the module's cluster."""
-    name = f"c_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{postgres_server}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(postgres_server, "c") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
